@@ -1,0 +1,28 @@
+"""jaxprune: pruning and sparse training for JAX.
+
+Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_masks`` applies;
+``jaxprune.allocate`` spreads one sparsity over layers and ``jaxprune.summary`` reports it.
+
+>>> import jax, jaxprune
+>>> params = {"dense": {"kernel": jax.random.normal(jax.random.key(0), (4, 4)),
+...                     "bias": jax.numpy.ones(4)}}
+>>> masks = jaxprune.masks.topk(jaxprune.scores.magnitude(params), 0.5)
+>>> pruned = jaxprune.apply_masks(params, masks)
+>>> float(jaxprune.summary.sparsity(pruned)["total"])
+0.5
+"""
+
+from jaxprune import allocate, core, filters, masks, scores, summary
+from jaxprune.masks import apply_masks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "allocate",
+    "apply_masks",
+    "core",
+    "filters",
+    "masks",
+    "scores",
+    "summary",
+]

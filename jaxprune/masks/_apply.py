@@ -1,0 +1,51 @@
+"""Applying masks to parameters."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune.core import at_path, describe, flatten_with_paths, is_array, leaves_like
+
+
+def apply_masks(params, masks):
+  """Zeroes the pruned entries of ``params``: exactly 0, also where a weight is inf or NaN.
+
+  Leaves whose mask is ``None`` are returned untouched; dtypes and shapes are kept.
+
+  Args:
+    params: any pytree.
+    masks: pytree like ``params`` with a bool array (True = kept) or ``None`` per leaf.
+
+  >>> import jax.numpy as jnp
+  >>> apply_masks({"w": jnp.array([1., jnp.nan]), "b": 3.0}, {"w": jnp.array([True, False]),
+  ...             "b": None})["w"].tolist()
+  [1.0, 0.0]
+  """
+  paths, leaves, treedef = flatten_with_paths(params)
+  mask_leaves = leaves_like(params, masks, name="masks")
+  return treedef.unflatten([_apply_one(p, x, m) for p, x, m in zip(paths, leaves, mask_leaves)])
+
+
+def _apply_one(path, x, mask):
+  if mask is None:
+    return x
+  if not is_array(mask) or not is_array(x):
+    raise TypeError(f"masks at {at_path(path)} must be a bool array over an array leaf; got "
+                    f"mask {describe(mask)} for leaf {describe(x)}.")
+  if tuple(mask.shape) != tuple(x.shape):
+    raise ValueError(
+        f"mask at {at_path(path)} has shape {tuple(mask.shape)} but params there have shape "
+        f"{tuple(x.shape)}. Recompute the masks from scores of these params.")
+  keep = mask if mask.dtype == jnp.bool_ else mask != 0
+  return jnp.where(keep, x, jnp.zeros((), x.dtype))
+
+
+def masked_fraction(masks) -> jax.Array:
+  """Fraction of entries pruned over all masked leaves (0 when there are none)."""
+  leaves = [m for m in jax.tree.leaves(masks) if m is not None]
+  total = sum(m.size for m in leaves)
+  if total == 0:
+    return jnp.zeros((), jnp.float32)
+  kept = sum(jnp.sum(m, dtype=jnp.float32) for m in leaves)
+  return 1.0 - kept / total

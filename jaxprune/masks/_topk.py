@@ -1,0 +1,103 @@
+"""Unstructured masks: per-leaf and global exact top-k."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxprune.masks import _plan
+from jaxprune.masks._counts import check_sparsity, keep_count
+from jaxprune.masks._plan import is_scalar_sparsity
+from jaxprune.masks._search import top_k
+
+_NORMALIZERS = ("l1", "l2", "max", "mean")
+
+
+def topk(scores, sparsity, *, where=None, previous=None):
+  """Per-leaf masks keeping the largest scores: exactly ``n - round(sparsity * n)`` per leaf.
+
+  Args:
+    scores: pytree of floating arrays (higher = more important = kept), shaped like params.
+    sparsity: fraction of zeros in [0, 1], one float (may be traced under ``jax.jit``), or a
+      pytree of float|None per leaf (e.g. from :mod:`jaxprune.allocate`; None = not pruned).
+    where: which leaves are pruned when ``sparsity`` is one float (default: ``ndim >= 2``);
+      see :mod:`jaxprune.filters`.
+    previous: masks from an earlier step; entries pruned there stay pruned (the mask never
+      grows; if it held fewer entries than requested, it is returned unchanged).
+
+  Returns:
+    A pytree like ``scores``: bool arrays (True = kept) for pruned leaves, ``None`` elsewhere.
+    Ties are broken by lower row-major index; NaN scores rank lowest (pruned first).
+
+  >>> import jax.numpy as jnp
+  >>> masks = topk({"w": jnp.array([[3., 1.], [2., 4.]]), "b": jnp.ones(2)}, 0.5)
+  >>> masks["w"].tolist(), masks["b"]
+  ([[True, False], [False, True]], None)
+  """
+  leaves, treedef = _plan.plan(scores, sparsity, where, previous)
+  masks = [None if leaf is None else _leaf_topk(leaf) for leaf in leaves]
+  return _plan.unflatten(treedef, masks)
+
+
+def _leaf_topk(leaf: _plan.Leaf):
+  n = _plan.size(leaf.score)
+  dtype = _plan.count_dtype(n)
+  return top_k([leaf.score], [leaf.eligible], keep_count(n, leaf.sparsity, dtype),
+               count_dtype=dtype)[0]
+
+
+def global_topk(scores, sparsity, *, where=None, previous=None, normalize=None):
+  """Masks from one threshold across all selected leaves; the total kept count is exact.
+
+  Over the ``N`` selected entries, exactly ``N - round(sparsity * N)`` are kept (fewer if
+  ``previous`` keeps fewer). No leaves are concatenated and nothing is sorted: the threshold is
+  found by counting, so sharded leaves stay sharded.
+
+  Args:
+    scores: pytree of floating arrays shaped like params.
+    sparsity: one float in [0, 1] (may be traced).
+    where: which leaves take part (default ``ndim >= 2``).
+    previous: earlier masks; pruned entries stay pruned.
+    normalize: ``None`` or a per-leaf normalisation applied before ranking so that layers of
+      different scale compete fairly: ``"l1"``, ``"l2"``, ``"max"`` (divide by that norm of
+      the leaf's absolute scores) or ``"mean"`` (divide by the mean absolute score).
+
+  Returns:
+    Masks like :func:`topk`. Ties are broken by leaf order, then row-major index.
+
+  >>> import jax.numpy as jnp
+  >>> scores = {"a": jnp.array([[1., 9.]]), "b": jnp.array([[8., 2.], [7., 3.]])}
+  >>> masks = global_topk(scores, 0.5)
+  >>> masks["a"].tolist(), masks["b"].tolist()
+  ([[False, True]], [[True, False], [True, False]])
+  """
+  if not is_scalar_sparsity(sparsity):
+    raise TypeError(
+        "global_topk takes one sparsity for all selected leaves; got a pytree. For a sparsity "
+        "per leaf use jaxprune.masks.topk, or select leaves with where=.")
+  if normalize is not None and normalize not in _NORMALIZERS:
+    raise ValueError(f"normalize must be None or one of {_NORMALIZERS}; got {normalize!r}.")
+  sparsity = check_sparsity(sparsity, "")
+  leaves, treedef = _plan.plan(scores, sparsity, where, previous)
+  chosen = [leaf for leaf in leaves if leaf is not None]
+  total = sum(_plan.size(leaf.score) for leaf in chosen)
+  dtype = _plan.count_dtype(total)
+  values = [_normalized(leaf.score, normalize) for leaf in chosen]
+  kept = iter(top_k(values, [leaf.eligible for leaf in chosen],
+                    keep_count(total, sparsity, dtype), count_dtype=dtype))
+  return _plan.unflatten(treedef, [None if leaf is None else next(kept) for leaf in leaves])
+
+
+def _normalized(score, normalize):
+  if normalize is None:
+    return score
+  x = jnp.abs(score.astype(jnp.promote_types(score.dtype, jnp.float32)))
+  if normalize == "l1":
+    norm = jnp.nansum(x)
+  elif normalize == "l2":
+    norm = jnp.sqrt(jnp.nansum(x * x))
+  elif normalize == "max":
+    norm = jnp.nanmax(x)
+  else:
+    norm = jnp.nanmean(x)
+  tiny = jnp.finfo(x.dtype).tiny
+  return score.astype(x.dtype) / jnp.maximum(norm, tiny)
