@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jaxprune.masks import _plan
 from jaxprune.masks._counts import check_sparsity, keep_count
 from jaxprune.masks._plan import is_scalar_sparsity
-from jaxprune.masks._search import top_k
+from jaxprune.masks._search import in_sequence, top_k
 
 _NORMALIZERS = ("l1", "l2", "max", "mean")
 
@@ -34,8 +34,10 @@ def topk(scores, sparsity, *, where=None, previous=None):
   ([[True, False], [False, True]], None)
   """
   leaves, treedef = _plan.plan(scores, sparsity, where, previous)
-  masks = [None if leaf is None else _leaf_topk(leaf) for leaf in leaves]
-  return _plan.unflatten(treedef, masks)
+  chosen = [leaf for leaf in leaves if leaf is not None]
+  kept = iter(in_sequence([lambda leaf=leaf: _leaf_topk(leaf) for leaf in chosen],
+                          [leaf.score.shape for leaf in chosen]))
+  return _plan.unflatten(treedef, [None if leaf is None else next(kept) for leaf in leaves])
 
 
 def _leaf_topk(leaf: _plan.Leaf):
