@@ -12,7 +12,7 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 0.5
 """
 
-from jaxprune import allocate, core, filters, masks, scores, summary
+from jaxprune import allocate, checkpoint, core, export, filters, masks, scores, summary
 from jaxprune.masks import apply_masks
 
 __version__ = "0.1.0"
@@ -20,7 +20,9 @@ __version__ = "0.1.0"
 __all__ = [
     "allocate",
     "apply_masks",
+    "checkpoint",
     "core",
+    "export",
     "filters",
     "masks",
     "scores",

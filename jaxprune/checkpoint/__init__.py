@@ -1,0 +1,31 @@
+"""Checkpointing params, masks and optimizer states with orbax-checkpoint.
+
+:func:`save` writes a standard orbax checkpoint (``StandardCheckpointHandler``) atomically and
+records a checksum manifest; :func:`restore` verifies it and restores onto a target's structure
+and shardings (concrete arrays, or abstract ones from ``jax.eval_shape`` / :func:`abstract`).
+``None`` leaves (masks of unpruned leaves), NamedTuple states (``PruneState``, RigL, optax
+chains) and sharded arrays round-trip exactly, so training resumes bit for bit.
+
+Orbax's own APIs work on the same trees (``ocp.CheckpointManager`` with
+``ocp.args.StandardSave``/``StandardRestore`` for step-numbered checkpoints, multi-host jobs
+and cloud storage); these helpers add atomic overwrite, corruption checks and errors that name
+the leaf path.
+
+>>> import tempfile, jax, jax.numpy as jnp, optax
+>>> params = {"w": jnp.ones((4, 4)), "b": jnp.zeros(4)}
+>>> state = {"params": params, "opt": optax.adam(1e-3).init(params),
+...          "masks": {"w": jnp.ones((4, 4), bool), "b": None}}
+>>> path = save(tempfile.mkdtemp() + "/step_100", state)
+>>> restored = restore(path, jax.eval_shape(lambda: state))
+>>> type(restored["opt"][0]).__name__, restored["masks"]["b"]
+('ScaleByAdamState', None)
+"""
+
+from jaxprune.checkpoint._checkpoint import abstract, metadata, restore, save
+
+__all__ = [
+    "abstract",
+    "metadata",
+    "restore",
+    "save",
+]

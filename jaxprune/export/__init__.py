@@ -1,0 +1,53 @@
+"""Compressed sparse export: bit-packed masks plus kept values, saved with orbax.
+
+:func:`compress` turns masked params into a compact pytree: every masked leaf becomes a
+:class:`PackedLeaf` with ``bits`` (the mask, row-major, ``np.packbits``: 1 bit per entry) and
+``values`` (only the kept entries, row-major, original dtype), its ``shape`` kept as static
+metadata; leaves whose mask is ``None`` stay dense. A leaf of ``n`` entries with ``k`` kept
+takes ``n / 8 + k * itemsize`` bytes, e.g. 13.1% of the dense f32 bytes at 90% sparsity.
+:func:`decompress` is its exact inverse (bit-identical kept values, pruned entries 0) and is
+jit-able; :func:`compress` is host-side because its output size depends on the masks.
+
+:func:`save`/:func:`load` store the compressed tree as an orbax checkpoint through
+:mod:`jaxprune.checkpoint` (atomic, checksummed; zstd-compressed by orbax): each packed leaf is
+two arrays ``<leaf>/bits`` and ``<leaf>/values`` and the checkpoint metadata lists the packed
+leaves' shapes, dtypes and kept counts. Variable-length 1-D ``values`` are ordinary arrays to
+orbax, so no custom format is needed.
+
+N:M structured layout (2:4 on sparse tensor cores): :func:`compress_n_of_m` stores, for every
+group of ``m`` consecutive entries along the reduction axis, its ``n`` kept values
+(``values`` has the param's shape with that axis shrunk from ``K`` to ``K·n/m``) and each kept
+value's position in its group as a ``ceil(log2 m)``-bit index (2 bits for 2:4, four indices
+per byte, lowest bits first, in row-major order of ``values``). That is the logical layout of
+NVIDIA's 2:4 sparse matrices (cuSPARSELt / CUTLASS: compressed ``K/2`` values plus 2-bit
+metadata per kept value; the vendor library further reorders the metadata into its hardware
+tile order when it prepares the operand). Per f32 entry this is 0.5·4 + 0.5·0.25 = 2.125 bytes
+(53% of dense; 56% for bf16).
+
+>>> import numpy as np, jaxprune
+>>> params = {"w": np.arange(16, dtype=np.float32).reshape(4, 4), "b": np.ones(4, np.float32)}
+>>> masks = {"w": np.arange(16).reshape(4, 4) % 4 == 0, "b": None}
+>>> small = jaxprune.export.compress(params, masks)
+>>> small["w"].values.tolist(), jaxprune.export.nbytes(small) < jaxprune.export.nbytes(params)
+([0.0, 4.0, 8.0, 12.0], True)
+>>> restored, restored_masks = jaxprune.export.decompress(small)
+>>> bool((restored["w"] == params["w"] * masks["w"]).all()), restored_masks["b"]
+(True, None)
+"""
+
+from jaxprune.export._compress import PackedLeaf, compress, decompress, nbytes
+from jaxprune.export._io import load, save
+from jaxprune.export._sparse import NofMLeaf, compress_n_of_m, decompress_n_of_m, to_bcoo
+
+__all__ = [
+    "NofMLeaf",
+    "PackedLeaf",
+    "compress",
+    "compress_n_of_m",
+    "decompress",
+    "decompress_n_of_m",
+    "load",
+    "nbytes",
+    "save",
+    "to_bcoo",
+]
