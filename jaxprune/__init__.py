@@ -12,8 +12,10 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 0.5
 """
 
-from jaxprune import allocate, checkpoint, core, export, filters, masks, scores, summary
+from jaxprune import (
+    allocate, checkpoint, core, export, filters, masks, schedules, scores, summary, transforms)
 from jaxprune.masks import apply_masks
+from jaxprune.transforms import keep_sparse, masked_params, masks_of, prune
 
 __version__ = "0.1.0"
 
@@ -24,7 +26,13 @@ __all__ = [
     "core",
     "export",
     "filters",
+    "keep_sparse",
+    "masked_params",
     "masks",
+    "masks_of",
+    "prune",
+    "schedules",
     "scores",
     "summary",
+    "transforms",
 ]

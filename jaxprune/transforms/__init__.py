@@ -1,0 +1,26 @@
+"""Optax gradient transformations for pruning during training.
+
+``prune`` recomputes masks on a schedule inside jit; ``keep_sparse`` keeps fixed masks. Both go
+last in an ``optax.chain`` and return updates that leave pruned weights exactly 0.
+``masks_of`` finds the current masks in any optimizer state; ``masked_params`` applies them
+(for the forward pass of straight-through training).
+
+>>> import jax.numpy as jnp, optax, jaxprune
+>>> tx = optax.chain(optax.adamw(1e-3), jaxprune.transforms.prune(sparsity=0.5))
+>>> state = tx.init({"w": jnp.ones((4, 4))})
+>>> int(jaxprune.transforms.masks_of(state)["w"].sum())
+16
+"""
+
+from jaxprune.transforms._keep import keep_sparse
+from jaxprune.transforms._prune import prune
+from jaxprune.transforms._state import KeepSparseState, PruneState, masked_params, masks_of
+
+__all__ = [
+    "KeepSparseState",
+    "PruneState",
+    "keep_sparse",
+    "masked_params",
+    "masks_of",
+    "prune",
+]

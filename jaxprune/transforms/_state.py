@@ -1,0 +1,205 @@
+"""States of the jaxprune transforms, and how to find their masks in any optimizer state."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune.core import at_path, describe, flatten_with_paths, is_array, leaves_like
+from jaxprune.masks import apply_masks
+
+
+class PruneState(NamedTuple):
+  """State of :func:`jaxprune.prune`.
+
+  Attributes:
+    count: int32 scalar, the number of updates done so far (the step of the next update).
+    masks: pytree like params: a bool array (True = kept) per pruned leaf, ``None`` elsewhere.
+  """
+
+  count: jax.Array
+  masks: Any
+
+
+class KeepSparseState(NamedTuple):
+  """State of :func:`jaxprune.keep_sparse`: the fixed masks (placed like the params)."""
+
+  masks: Any
+
+
+def _has_masks(node) -> bool:
+  """A NamedTuple with a ``masks`` field: the state of a jaxprune transform."""
+  return isinstance(node, tuple) and "masks" in getattr(node, "_fields", ())
+
+
+def _children(node):
+  """The immediate children of a pytree node ([] for a leaf)."""
+  children = jax.tree_util.tree_leaves(node, is_leaf=lambda x: x is not node)
+  return [] if len(children) == 1 and children[0] is node else children
+
+
+def _state_types(node, seen: list[str], depth: int = 0) -> None:
+  if isinstance(node, tuple) and hasattr(node, "_fields"):
+    seen.append(type(node).__name__)
+  if depth < 32:
+    for child in _children(node):
+      _state_types(child, seen, depth + 1)
+
+
+def masks_of(opt_state):
+  """The current masks held by a jaxprune transform anywhere in a (nested) optimizer state.
+
+  Walks any optax state: chains (tuples), ``optax.MultiSteps``, ``optax.inject_hyperparams``,
+  ``optax.masked``/``partition`` states, dicts and other pytrees. The state of a jaxprune
+  transform is any NamedTuple with a ``masks`` field (:class:`PruneState`, the state of
+  ``keep_sparse``, RigL/SET states, ...). When several are found, the **last one in pytree
+  flattening order** wins (for ``optax.chain(a, b)``: the one of ``b``).
+
+  Args:
+    opt_state: an optimizer state, as returned by ``tx.init`` or ``tx.update``.
+
+  Returns:
+    The masks pytree (bool arrays where pruned, ``None`` elsewhere).
+
+  Raises:
+    ValueError: no jaxprune state is in ``opt_state``.
+
+  >>> import jax.numpy as jnp, optax, jaxprune
+  >>> tx = optax.chain(optax.sgd(0.1), jaxprune.transforms.prune(sparsity=0.5))
+  >>> masks_of(tx.init({"w": jnp.ones((2, 2))}))["w"].tolist()
+  [[True, True], [True, True]]
+  """
+  found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=_has_masks) if _has_masks(x)]
+  if not found:
+    seen: list[str] = []
+    _state_types(opt_state, seen)
+    names = sorted(set(seen))
+    raise ValueError(
+        "masks_of: found no jaxprune state (a NamedTuple with a `masks` field, e.g. the state "
+        f"of jaxprune.prune or jaxprune.keep_sparse) in an optimizer state of type "
+        f"{type(opt_state).__name__}; NamedTuple states seen: {names}. Put jaxprune.prune(...) "
+        "in the optax.chain of the optimizer whose state you pass, and pass the state returned "
+        "by tx.init/tx.update.")
+  return found[-1].masks
+
+
+@jax.custom_jvp
+def _straight_through(x, keep):
+  return jnp.where(keep, x, jnp.zeros((), x.dtype))
+
+
+@_straight_through.defjvp
+def _straight_through_jvp(primals, tangents):
+  x, keep = primals
+  dx, _ = tangents
+  return _straight_through(x, keep), dx
+
+
+def masked_params(params, opt_state, *, straight_through: bool = True):
+  """The params with the masks of ``opt_state`` applied: the weights to use in the forward pass.
+
+  Values equal ``jaxprune.apply_masks(params, jaxprune.masks_of(opt_state))`` (pruned entries
+  exactly 0). With ``straight_through=True`` (the default) the gradient passes straight through
+  to the dense weights: the gradient of a loss of the masked params with respect to ``params``
+  is the gradient at the masked point, for every entry, pruned ones included (the
+  straight-through estimator used with ``jaxprune.prune(..., straight_through=True)``). With
+  ``straight_through=False`` pruned entries get a zero gradient.
+
+  Args:
+    params: the (dense) params.
+    opt_state: an optimizer state holding a jaxprune state (see :func:`masks_of`).
+    straight_through: identity gradient through the mask (True) or masked gradient (False).
+
+  >>> import jax, jax.numpy as jnp, optax, jaxprune
+  >>> params = {"w": jnp.array([[1., -3.], [0.5, 2.]])}
+  >>> tx = optax.chain(optax.sgd(0.1),
+  ...                  jaxprune.transforms.prune(sparsity=0.5, straight_through=True))
+  >>> state = tx.init(params)
+  >>> _, state = tx.update(params, state, params)
+  >>> masked_params(params, state)["w"].tolist()
+  [[0.0, -3.0], [0.0, 2.0]]
+  >>> jax.grad(lambda p: masked_params(p, state)["w"].sum())(params)["w"].tolist()
+  [[1.0, 1.0], [1.0, 1.0]]
+  """
+  masks = masks_of(opt_state)
+  if not straight_through:
+    return apply_masks(params, masks)
+  paths, leaves, treedef = flatten_with_paths(params)
+  mask_leaves = leaves_like(params, masks, name="masks")
+  out = []
+  for path, x, m in zip(paths, leaves, mask_leaves):
+    if m is not None:
+      check_mask_leaf(path, x, m, what="masks")
+      x = _straight_through(x, m)
+    out.append(x)
+  return treedef.unflatten(out)
+
+
+def check_mask_leaf(path: str, x, m, *, what: str) -> None:
+  """Raises when mask ``m`` (not None) does not fit array leaf ``x`` at ``path``."""
+  if not is_array(x):
+    raise TypeError(f"{what} at {at_path(path)} is a mask but params there are not an array: "
+                    f"got {describe(x)}. Use None in {what} for leaves that are not pruned.")
+  if not is_array(m):
+    raise TypeError(f"{what} at {at_path(path)} must be a bool array or None; got {describe(m)}.")
+  if m.dtype != jnp.bool_:
+    raise TypeError(f"{what} at {at_path(path)} must have dtype bool (True = kept); got "
+                    f"{describe(m)}. Convert it with mask.astype(bool) or (mask != 0).")
+  if tuple(m.shape) != tuple(x.shape):
+    raise ValueError(
+        f"{what} at {at_path(path)} has shape {tuple(m.shape)} but params there have shape "
+        f"{tuple(x.shape)}. Build the masks from these params (e.g. jaxprune.masks.topk of "
+        "their scores).")
+
+
+def masked_updates(updates, params, masks, *, what: str = "masks"):
+  """Updates such that ``optax.apply_updates(params, out)`` is exactly 0 where masks are False.
+
+  Kept entries get their update unchanged; pruned entries get ``-params`` (so that
+  ``params + update == 0`` exactly, for finite params). Where the updates and params dtypes
+  differ, the masked leaf has their promoted dtype, so that ``-params`` is exact.
+  """
+  paths, u_leaves, treedef = flatten_with_paths(updates)
+  p_leaves = leaves_like(updates, params, name="params", ref_name="updates")
+  m_leaves = leaves_like(updates, masks, name=what, ref_name="updates")
+  out = []
+  for path, u, p, m in zip(paths, u_leaves, p_leaves, m_leaves):
+    if m is None:
+      out.append(u)
+      continue
+    check_mask_leaf(path, p, m, what=what)
+    if not is_array(u) or tuple(u.shape) != tuple(p.shape):
+      raise ValueError(f"updates at {at_path(path)} must be an array shaped like the params "
+                       f"there {tuple(p.shape)}; got {describe(u)}.")
+    dtype = jnp.promote_types(u.dtype, p.dtype)
+    out.append(jnp.where(m, u.astype(dtype), -p.astype(dtype)))
+  return treedef.unflatten(out)
+
+
+def placed_like(value, params):
+  """``value`` (a small array) replicated on the mesh of the first NamedSharding'ed params leaf.
+
+  Keeps a state's scalars on the same devices as the params, so that the state's sharding is the
+  same after ``init`` and after a jitted ``update``.
+  """
+  for leaf in jax.tree_util.tree_leaves(params):
+    sharding = getattr(leaf, "sharding", None) if isinstance(leaf, jax.Array) else None
+    if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(
+        leaf, jax.core.Tracer):
+      spec = jax.sharding.PartitionSpec()
+      return jax.device_put(value, jax.sharding.NamedSharding(sharding.mesh, spec))
+  return value
+
+
+def zeros_count():
+  """The int32 zero step counter."""
+  return jnp.zeros([], jnp.int32)
+
+
+def increment(count):
+  """``count + 1``, saturating at the int32 maximum."""
+  top = np.iinfo(np.int32).max
+  return count + (count < top).astype(count.dtype)
