@@ -15,7 +15,9 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 from jaxprune import (
     allocate, checkpoint, core, export, filters, masks, schedules, scores, summary, transforms)
 from jaxprune.masks import apply_masks
-from jaxprune.transforms import keep_sparse, masked_params, masks_of, prune
+from jaxprune.transforms import (
+    keep_sparse, lottery_round, masked_params, masks_of, prune, reset_optimizer_state, rigl,
+    sparse_evolution, static_sparse)
 
 __version__ = "0.1.0"
 
@@ -27,12 +29,17 @@ __all__ = [
     "export",
     "filters",
     "keep_sparse",
+    "lottery_round",
     "masked_params",
     "masks",
     "masks_of",
     "prune",
+    "reset_optimizer_state",
+    "rigl",
     "schedules",
     "scores",
+    "sparse_evolution",
+    "static_sparse",
     "summary",
     "transforms",
 ]

@@ -1,7 +1,9 @@
 """Optax gradient transformations for pruning during training.
 
 ``prune`` recomputes masks on a schedule inside jit; ``keep_sparse`` keeps fixed masks. Both go
-last in an ``optax.chain`` and return updates that leave pruned weights exactly 0.
+last in an ``optax.chain`` and return updates that leave pruned weights exactly 0. ``rigl``,
+``sparse_evolution`` (SET) and ``static_sparse`` wrap any optax optimizer for sparse training
+from step 0; ``lottery_round`` prunes and rewinds for lottery tickets.
 ``masks_of`` finds the current masks in any optimizer state; ``masked_params`` applies them
 (for the forward pass of straight-through training).
 
@@ -12,15 +14,28 @@ last in an ``optax.chain`` and return updates that leave pruned weights exactly 
 16
 """
 
+from jaxprune.transforms._dynamic import (
+    SparseTrainState, cosine_drop_fraction, rigl, sparse_evolution, static_sparse)
 from jaxprune.transforms._keep import keep_sparse
+from jaxprune.transforms._lottery import lottery_round, lottery_sparsity
 from jaxprune.transforms._prune import prune
+from jaxprune.transforms._reset import params_like_paths, reset_optimizer_state
 from jaxprune.transforms._state import KeepSparseState, PruneState, masked_params, masks_of
 
 __all__ = [
     "KeepSparseState",
     "PruneState",
+    "SparseTrainState",
+    "cosine_drop_fraction",
     "keep_sparse",
+    "lottery_round",
+    "lottery_sparsity",
     "masked_params",
     "masks_of",
+    "params_like_paths",
     "prune",
+    "reset_optimizer_state",
+    "rigl",
+    "sparse_evolution",
+    "static_sparse",
 ]
