@@ -13,7 +13,9 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 """
 
 from jaxprune import (
-    allocate, checkpoint, core, export, filters, masks, schedules, scores, summary, transforms)
+    allocate, checkpoint, compensation, core, export, filters, masks, schedules, scores, summary,
+    transforms)
+from jaxprune.compensation import compensate
 from jaxprune.masks import apply_masks
 from jaxprune.transforms import (
     keep_sparse, lottery_round, masked_params, masks_of, prune, reset_optimizer_state, rigl,
@@ -25,6 +27,8 @@ __all__ = [
     "allocate",
     "apply_masks",
     "checkpoint",
+    "compensate",
+    "compensation",
     "core",
     "export",
     "filters",

@@ -20,6 +20,7 @@ from jaxprune.transforms._keep import keep_sparse
 from jaxprune.transforms._lottery import lottery_round, lottery_sparsity
 from jaxprune.transforms._prune import prune
 from jaxprune.transforms._reset import params_like_paths, reset_optimizer_state
+from jaxprune.transforms._synflow import synflow_masks
 from jaxprune.transforms._state import KeepSparseState, PruneState, masked_params, masks_of
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "rigl",
     "sparse_evolution",
     "static_sparse",
+    "synflow_masks",
 ]
