@@ -70,7 +70,7 @@ def test_global_scope_matches_reference():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**16), fraction=st.floats(0.0, 1.0), rounds=st.integers(1, 4),
+@given(seed=st.integers(0, 2**16), fraction=st.floats(0.0, 1.0, allow_subnormal=False), rounds=st.integers(1, 4),
        shape=st.sampled_from([(1, 3), (6, 5)]))
 def test_invariants(seed, fraction, rounds, shape):
   rows, cols = shape

@@ -2,8 +2,9 @@
 
 Every function takes a scores pytree (higher = kept) and returns a masks pytree: a bool array
 (True = kept) per pruned leaf and ``None`` elsewhere. All accept ``previous=`` so that entries
-pruned earlier stay pruned. Thresholds are found by counting (bisection over the float bit
-pattern), never by sorting or concatenating leaves; NaN scores rank lowest.
+pruned earlier stay pruned. Thresholds are found by counting (a search over the float bit
+pattern), never by sorting or concatenating leaves; NaN scores rank lowest. Backends that flush
+subnormal floats to zero (XLA on CPU does) rank subnormal scores equal to 0.
 
 >>> import jax, jaxprune
 >>> params = {"w": jax.random.normal(jax.random.key(0), (8, 8)), "b": jax.numpy.zeros(8)}
