@@ -54,6 +54,7 @@ from jaxprune.masks import topk
 from jaxprune.masks._plan import count_dtype
 from jaxprune.masks._search import top_k
 from jaxprune.transforms._reset import reset_optimizer_state
+from jaxprune.transforms._state import masked_update_leaf, mesh_of, placed_like
 
 _ALLOCATIONS = {"erk": _allocate.erk, "uniform": _allocate.uniform}
 _DROP_SCHEDULES = ("cosine", "constant")
@@ -226,8 +227,8 @@ def _sparse_training(inner, sparsity, *, grow, every, end, drop_fraction, drop_s
     else:
       initial = _random_masks(params, sparsity, alloc, where, key)
     initial = _placed_like_params(initial, params)
-    count = _replicated(jnp.zeros([], jnp.int32), params)
-    state_key = None if stored_key is None else _replicated(stored_key, params)
+    count = placed_like(jnp.zeros([], jnp.int32), params)
+    state_key = None if stored_key is None else placed_like(stored_key, params)
     inner_state = _replicate_single_device(inner.init(params), params)
     return SparseTrainState(count, initial, state_key, inner_state)
 
@@ -280,7 +281,7 @@ def _sparse_training(inner, sparsity, *, grow, every, end, drop_fraction, drop_s
                                           fresh=inner.init(params))
     new_leaves = leaves_like(params, new_masks, name="masks")
     u_out = leaves_like(params, inner_updates, name="inner updates")
-    out = [u if m is None else _masked_update(u, p, m & n)
+    out = [u if m is None else masked_update_leaf(u, p, m & n)
            for u, p, m, n in zip(u_out, p_leaves, m_leaves, new_leaves)]
     count = optax.safe_int32_increment(state.count)
     return treedef.unflatten(out), SparseTrainState(count, new_masks, state_key, inner_state)
@@ -310,12 +311,6 @@ def _drop_and_grow(p_leaves, old, grow_leaves, fraction, random_key):
     grown = top_k([grow_score], [~m], drop, count_dtype=dtype)[0]
     new.append(kept | grown)
   return new
-
-
-def _masked_update(u, p, keep):
-  """``u`` where ``keep``, else ``-p`` (in the promoted dtype, so that ``p + out`` is 0)."""
-  dtype = jnp.promote_types(u.dtype, p.dtype)
-  return jnp.where(keep, u.astype(dtype), -p.astype(dtype))
 
 
 def _random_masks(params, sparsity, alloc, where, key):
@@ -462,31 +457,13 @@ def _placed_like_params(masks, params):
   return treedef.unflatten([place(m, p) for m, p in zip(m_leaves, p_leaves)])
 
 
-def _mesh_of(params):
-  """The mesh of the first concrete ``NamedSharding`` param, or None."""
-  for p in jax.tree_util.tree_leaves(params):
-    sharding = getattr(p, "sharding", None) if isinstance(p, jax.Array) else None
-    if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(
-        p, jax.core.Tracer):
-      return sharding.mesh
-  return None
-
-
-def _replicated(value, params):
-  """A small state array replicated on the params' mesh (so a jitted update keeps its placement)."""
-  mesh = _mesh_of(params)
-  if mesh is None or isinstance(value, jax.core.Tracer):
-    return value
-  return jax.device_put(value, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
 def _replicate_single_device(tree, params):
   """Inner-state arrays left on one device (e.g. step counts) replicated on the params' mesh.
 
   A jitted update returns them replicated; placing them so at init keeps the state's sharding
   the same after init and after update, so a jitted training step is traced once.
   """
-  mesh = _mesh_of(params)
+  mesh = mesh_of(params)
   if mesh is None:
     return tree
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

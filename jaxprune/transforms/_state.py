@@ -174,9 +174,14 @@ def masked_updates(updates, params, masks, *, what: str = "masks"):
     if not is_array(u) or tuple(u.shape) != tuple(p.shape):
       raise ValueError(f"updates at {at_path(path)} must be an array shaped like the params "
                        f"there {tuple(p.shape)}; got {describe(u)}.")
-    dtype = jnp.promote_types(u.dtype, p.dtype)
-    out.append(jnp.where(m, u.astype(dtype), -p.astype(dtype)))
+    out.append(masked_update_leaf(u, p, m))
   return treedef.unflatten(out)
+
+
+def masked_update_leaf(u, p, keep):
+  """``u`` where ``keep``, else ``-p``, in the promoted dtype so that ``p + out`` is exactly 0."""
+  dtype = jnp.promote_types(u.dtype, p.dtype)
+  return jnp.where(keep, u.astype(dtype), -p.astype(dtype))
 
 
 def placed_like(value, params):
@@ -185,13 +190,20 @@ def placed_like(value, params):
   Keeps a state's scalars on the same devices as the params, so that the state's sharding is the
   same after ``init`` and after a jitted ``update``.
   """
+  mesh = mesh_of(params)
+  if mesh is None or isinstance(value, jax.core.Tracer):
+    return value
+  return jax.device_put(value, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def mesh_of(params):
+  """The mesh of the first concrete ``NamedSharding``'ed params leaf, or None."""
   for leaf in jax.tree_util.tree_leaves(params):
     sharding = getattr(leaf, "sharding", None) if isinstance(leaf, jax.Array) else None
     if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(
         leaf, jax.core.Tracer):
-      spec = jax.sharding.PartitionSpec()
-      return jax.device_put(value, jax.sharding.NamedSharding(sharding.mesh, spec))
-  return value
+      return sharding.mesh
+  return None
 
 
 def zeros_count():
