@@ -16,7 +16,7 @@ subnormal floats to zero (XLA on CPU does) rank subnormal scores equal to 0.
 from jaxprune.masks._apply import apply_masks
 from jaxprune.masks._counts import keep_count
 from jaxprune.masks._structured import blocks, channels, n_of_m
-from jaxprune.masks._topk import global_topk, topk
+from jaxprune.masks._topk import global_topk, top_k, topk
 
 __all__ = [
     "apply_masks",
@@ -25,5 +25,6 @@ __all__ = [
     "global_topk",
     "keep_count",
     "n_of_m",
+    "top_k",
     "topk",
 ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprune.masks import _plan
 from jaxprune.masks._counts import check_sparsity, keep_count
 from jaxprune.masks._plan import is_scalar_sparsity
-from jaxprune.masks._search import in_sequence, top_k
+from jaxprune.masks import _search
 
 _NORMALIZERS = ("l1", "l2", "max", "mean")
 
@@ -35,7 +36,7 @@ def topk(scores, sparsity, *, where=None, previous=None):
   """
   leaves, treedef = _plan.plan(scores, sparsity, where, previous)
   chosen = [leaf for leaf in leaves if leaf is not None]
-  kept = iter(in_sequence([lambda leaf=leaf: _leaf_topk(leaf) for leaf in chosen],
+  kept = iter(_search.in_sequence([lambda leaf=leaf: _leaf_topk(leaf) for leaf in chosen],
                           [leaf.score.shape for leaf in chosen]))
   return _plan.unflatten(treedef, [None if leaf is None else next(kept) for leaf in leaves])
 
@@ -43,7 +44,7 @@ def topk(scores, sparsity, *, where=None, previous=None):
 def _leaf_topk(leaf: _plan.Leaf):
   n = _plan.size(leaf.score)
   dtype = _plan.count_dtype(n)
-  return top_k([leaf.score], [leaf.eligible], keep_count(n, leaf.sparsity, dtype),
+  return _search.top_k([leaf.score], [leaf.eligible], keep_count(n, leaf.sparsity, dtype),
                count_dtype=dtype)[0]
 
 
@@ -84,7 +85,7 @@ def global_topk(scores, sparsity, *, where=None, previous=None, normalize=None):
   total = sum(_plan.size(leaf.score) for leaf in chosen)
   dtype = _plan.count_dtype(total)
   values = [_normalized(leaf.score, normalize) for leaf in chosen]
-  kept = iter(top_k(values, [leaf.eligible for leaf in chosen],
+  kept = iter(_search.top_k(values, [leaf.eligible for leaf in chosen],
                     keep_count(total, sparsity, dtype), count_dtype=dtype))
   return _plan.unflatten(treedef, [None if leaf is None else next(kept) for leaf in leaves])
 
@@ -103,3 +104,27 @@ def _normalized(score, normalize):
     norm = jnp.nanmean(x)
   tiny = jnp.finfo(x.dtype).tiny
   return score.astype(x.dtype) / jnp.maximum(norm, tiny)
+
+
+def top_k(scores, eligible, k) -> list:
+  """Exact top-``k`` over a list of score leaves (the selection every mask function uses).
+
+  Low-level building block for transforms that count kept entries themselves (RigL's drop and
+  grow, lottery rounds): keeps exactly ``min(k, #eligible)`` entries over all leaves together.
+
+  Args:
+    scores: a sequence of floating arrays (any shapes and float dtypes).
+    eligible: a sequence with, per leaf, ``None`` (all eligible) or a bool array of its shape.
+    k: number of entries kept in total (a Python int or a traced integer scalar).
+
+  Returns:
+    One bool array per leaf; ties broken by lower flat index (leaf order first), NaN lowest.
+
+  >>> import jax.numpy as jnp
+  >>> [m.tolist() for m in top_k([jnp.array([3., 1.]), jnp.array([2.])], [None, None], 2)]
+  [[True, False], [True]]
+  """
+  scores = list(scores)
+  eligible = list(eligible)
+  total = sum(int(np.prod(x.shape, dtype=np.int64)) for x in scores)
+  return _search.top_k(scores, eligible, k, count_dtype=_plan.count_dtype(total))
