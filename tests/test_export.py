@@ -180,7 +180,11 @@ def test_sharded_params_compress_and_load_onto_sharding(tmp_path, mesh):
 
 
 def _dir_bytes(path):
-  return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+  """Bytes on disk of a checkpoint directory or of an export file."""
+  path = Path(path)
+  if path.is_file():
+    return path.stat().st_size
+  return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def test_save_load_round_trip_without_and_with_target(tmp_path):
@@ -245,8 +249,7 @@ def test_load_errors(tmp_path):
   with pytest.raises(ValueError, match=r"'c'"):
     export.load(tmp_path / "e", {"w": jax.ShapeDtypeStruct((4, 4), jnp.float32),
                                  "c": jax.ShapeDtypeStruct((4,), jnp.float32)})
-  values = next(p for p in (tmp_path / "e").rglob("*") if p.is_file() and p.stat().st_size > 40
-                and "ocdbt.process_0/d" in p.as_posix())
+  values = tmp_path / "e"  # one file: cut its last bytes
   with open(values, "r+b") as f:
     f.truncate(values.stat().st_size - 3)
   with pytest.raises(ValueError, match="corrupted"):

@@ -36,7 +36,8 @@ tile order when it prepares the operand). Per f32 entry this is 0.5·4 + 0.5·0.
 """
 
 from jaxprune.export._compress import PackedLeaf, compress, decompress, nbytes
-from jaxprune.export._io import load, save
+from jaxprune.export._io import save
+from jaxprune.export._load import inspect, load
 from jaxprune.export._sparse import NofMLeaf, compress_n_of_m, decompress_n_of_m, to_bcoo
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "compress_n_of_m",
     "decompress",
     "decompress_n_of_m",
+    "inspect",
     "load",
     "nbytes",
     "save",

@@ -1,39 +1,171 @@
-"""Saving and loading the compressed form with orbax (through ``jaxprune.checkpoint``)."""
+"""``export.save``/``export.load``: kept values (float or quantised) and entropy-coded masks."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-from jaxprune import checkpoint
-from jaxprune.checkpoint import _checkpoint as _ckpt
-from jaxprune.core import at_path, describe, is_array
-from jaxprune.export._compress import PackedLeaf, _is_packed, compress, decompress
+from jaxprune import quantize as _q
+from jaxprune.core import at_path, describe, is_array, leaves_like
+from jaxprune.export import _codecs, _format
+from jaxprune.export._compress import _host
 
-_FORMAT = "jaxprune.export"
-_VERSION = 1
+_tree = jax.tree_util
 
 
-def save(path, params, masks, *, force: bool = False):
-  """Saves ``params`` compressed by ``masks`` (see :func:`compress`) as an orbax checkpoint.
+def _key(k, path: str):
+  """A key entry as ``("s", str)`` or ``("i", int)``: the identity used on disk and to match."""
+  if isinstance(k, _tree.DictKey):
+    k = k.key
+    if isinstance(k, str):
+      return ("s", k)
+    if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+      return ("i", int(k))
+    raise TypeError(f"export.save: the dict key {k!r} ({type(k).__name__}) under "
+                    f"{at_path(path)} cannot be saved: only str and int keys are supported.")
+  if isinstance(k, _tree.SequenceKey):
+    return ("i", k.idx)
+  if isinstance(k, _tree.GetAttrKey):
+    return ("s", k.name)
+  if isinstance(k, _tree.FlattenedIndexKey):
+    return ("i", int(k.key))
+  raise TypeError(f"export.save: unsupported pytree key {k!r} under {at_path(path)}.")
 
-  On disk every masked leaf is two arrays, ``<path>/bits`` (uint8, the packed mask) and
-  ``<path>/values`` (the kept entries), and every other leaf is stored as it is; orbax adds
-  zstd compression. A JSON entry records, per packed leaf, its shape, dtype and kept count,
-  so :func:`load` rebuilds the exact params and masks. Atomic like
-  :func:`jaxprune.checkpoint.save` (nothing is overwritten unless ``force=True``, and never by
-  a failed save). Host-side.
+
+def _path(keys) -> str:
+  return "/".join(str(v) for _, v in keys)
+
+
+def _encode_tree(node, keys, out: list):
+  """The JSON structure of ``node``; appends ``(keys, leaf)`` for each leaf, in flatten order."""
+  if node is None:
+    return {"none": None}
+  if _q.is_quantized(node):
+    out.append((keys, node))
+    return {"leaf": len(out) - 1}
+  children = _tree.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)[0]
+  if len(children) == 1 and children[0][0] == () and children[0][1] is node:
+    out.append((keys, node))
+    return {"leaf": len(out) - 1}
+  entries = [(_key(kp[0], _path(keys)), child) for kp, child in children]
+  if type(node) in (list, tuple):
+    kind = type(node).__name__
+  else:
+    kind = "dict" if isinstance(node, dict) or all(k[0] == "s" for k, _ in entries) else "list"
+  if kind == "dict":
+    return {"dict": [[list(k), _encode_tree(c, keys + (k,), out)] for k, c in entries]}
+  return {kind: [_encode_tree(c, keys + (k,), out) for k, c in entries]}
+
+
+class _Blobs:
+  def __init__(self):
+    self.parts, self.size = [], 0
+
+  def add(self, meta: dict, data: bytes) -> dict:
+    meta = dict(meta, offset=self.size, length=len(data), sha256=_format.sha256(data))
+    self.parts.append(data)
+    self.size += len(data)
+    return meta
+
+
+def _array(path: str, x) -> np.ndarray:
+  if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+    raise TypeError(f"export.save: the leaf at {at_path(path)} is a PRNG key array; save "
+                    "jax.random.key_data(key) instead.")
+  v = _host(path, x, "the leaf")
+  if not _storable(v.dtype):
+    raise TypeError(f"export.save: the leaf at {at_path(path)} is {describe(x)}; only numeric "
+                    "and bool arrays can be saved.")
+  return np.ascontiguousarray(v)
+
+
+def _storable(dtype) -> bool:
+  """Numeric, bool, or an ml_dtypes type JAX knows by name (bfloat16, float8_*, int4)."""
+  if dtype.kind in "biufc":
+    return True
+  if dtype.kind != "V" or dtype.fields is not None:
+    return False
+  try:
+    return np.dtype(jax.numpy.dtype(dtype.name)) == dtype
+  except TypeError:
+    return False
+
+
+def _entry(path, x, mask, blobs: _Blobs, compression: str) -> dict:
+  if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
+    kind = type(x).__name__
+    return {"kind": "scalar", "type": kind, "value": x.hex() if kind == "float" else str(x)}
+  if _q.is_quantized(x):
+    return _quantized_entry(path, x, mask, blobs, compression)
+  if not is_array(x):
+    raise TypeError(f"export.save: the leaf at {at_path(path)} is {describe(x)}; only arrays, "
+                    "Python scalars and None can be saved.")
+  v = _array(path, x)
+  head = {"dtype": v.dtype.name, "shape": list(v.shape)}
+  if mask is None:
+    return dict(head, kind="dense", data=blobs.add(*_codecs.encode_values(v, compression)))
+  m = np.asarray(_host(path, mask, "the mask")).astype(bool)
+  return dict(head, kind="sparse", mask=blobs.add(*_codecs.encode_mask(m, compression)),
+              values=blobs.add(*_codecs.encode_values(v[m], compression)))
+
+
+def _quantized_entry(path, q, mask, blobs, compression):
+  values = np.asarray(jax.device_get(q.values))
+  lo, hi = -(2 ** (q.bits - 1)), 2 ** (q.bits - 1) - 1
+  if values.dtype != np.int8 or values.size and (values.min() < lo or values.max() > hi):
+    raise ValueError(f"export.save: the quantised leaf at {at_path(path)} must hold int8 values "
+                     f"in [{lo}, {hi}] for {q.bits} bits; got {describe(values)}.")
+  m = None
+  if mask is not None:
+    m = np.asarray(_host(path, mask, "the mask")).astype(bool)
+    values = values[m]
+  packed = np.asarray(_q.pack_int4(values)) if q.bits <= 4 else values.reshape(-1)
+  scale = np.asarray(jax.device_get(q.scale), np.float32)
+  entry = {"kind": "quantized", "dtype": np.dtype(q.dtype).name, "shape": list(q.shape),
+           "bits": q.bits, "scale_shape": list(scale.shape),
+           "mask": None if m is None else blobs.add(*_codecs.encode_mask(m, compression)),
+           "values": blobs.add(*_codecs.encode_values(packed, compression)),
+           "scale": blobs.add(*_codecs.encode_values(scale, compression)), "zero": None}
+  if q.zero is not None:
+    zero = np.asarray(jax.device_get(q.zero), np.int8)
+    entry["zero"] = blobs.add(*_codecs.encode_values(zero, compression))
+  return entry
+
+
+def save(path, params, masks=None, *, bits: int | None = None, axis: int | None = -1,
+         group_size: int | None = None, group_axis: int = -2, symmetric: bool = True,
+         where=None, compression: str = "best", force: bool = False) -> str:
+  """Saves ``params`` pruned by ``masks`` in one compact, checksummed file (host-side).
+
+  Masked leaves store their kept entries (row-major) and the mask in the smallest of a bitmap
+  (raw, zlib or lzma) and a Golomb-Rice code of the gaps between kept (or pruned) positions,
+  chosen per leaf; value bytes are shuffled and compressed when that is smaller. With
+  ``bits=8`` or ``4`` the leaves selected by ``where`` are first quantised with
+  :func:`jaxprune.quantize.quantize` (same options, scales from kept weights only) and their
+  int values stored, 4-bit ones two per byte; leaves that are already
+  :class:`jaxprune.quantize.QuantizedLeaf` are stored as they are. Pruned entries are dropped
+  whatever their value (they load as 0, or as the zero point in the quantised form).
+
+  The file is written to a temporary file, fsynced and renamed over ``path`` (never a partial
+  file); its layout (version 2, documented in ``jaxprune/export/_format.py``) keeps the
+  container structure, so keys never collide (``{"a.b": x, "a": {"b": y}}`` round-trips).
 
   Args:
-    path: directory to create.
-    params: any pytree of arrays.
-    masks: pytree like ``params`` of bool arrays (True = kept) or ``None``.
-    force: replace an existing directory at ``path``.
+    path: the file to write.
+    params: any pytree of arrays (Python scalars and ``None`` leaves are kept too).
+    masks: pytree like ``params``: bool array (True = kept) or ``None`` per leaf; or ``None``.
+    bits: ``None`` (store floats exactly), 8 or 4 (or 2..8).
+    axis, group_size, group_axis, symmetric, where: quantisation options (see
+      :func:`jaxprune.quantize.quantize`), used when ``bits`` is given.
+    compression: ``"best"`` (try zlib and lzma, keep the smallest), ``"fast"`` (zlib level 1)
+      or ``"none"`` (raw bytes, bitmap masks).
+    force: replace an existing file.
 
   Returns:
     The absolute path written.
 
   >>> import tempfile, numpy as np
+  >>> from jaxprune.export import load
   >>> d = tempfile.mkdtemp()
   >>> _ = save(d + "/model", {"w": np.arange(4, dtype=np.float32)},
   ...      {"w": np.array([0, 1, 1, 0], bool)})
@@ -41,99 +173,41 @@ def save(path, params, masks, *, force: bool = False):
   >>> params["w"].tolist(), masks["w"].tolist()
   ([0.0, 1.0, 2.0, 0.0], [False, True, True, False])
   """
-  compressed = compress(params, masks)
-  packed = []
-  with_path = jax.tree_util.tree_flatten_with_path(compressed, is_leaf=_is_packed)[0]
-  for keypath, x in with_path:
-    if _is_packed(x):
-      packed.append({"path": list(_ckpt._keys(keypath)), "shape": list(x.shape),
-                     "dtype": np.dtype(x.dtype).name, "kept": int(x.values.shape[0])})
-  meta = {"format": _FORMAT, "version": _VERSION, "packed": packed}
-  return checkpoint.save(path, compressed, force=force, metadata=meta)
+  if compression not in _codecs.COMPRESSIONS:
+    raise ValueError(f"export.save: compression must be one of {_codecs.COMPRESSIONS}; got "
+                     f"{compression!r}.")
+  if isinstance(force, (bool, np.bool_)) is False:
+    raise TypeError(f"export.save: force must be True or False; got {force!r}.")
+  leaves, treedef = _tree.tree_flatten(params, is_leaf=_q.is_quantized)
+  if masks is None:
+    mask_leaves = [None] * len(leaves)
+  else:
+    try:
+      mask_leaves = treedef.flatten_up_to(masks)
+    except (ValueError, TypeError):
+      leaves_like(params, masks, name="masks")  # raises a message naming the paths
+      raise ValueError("export.save: masks must have the structure of params (None where a "
+                       "leaf is not pruned).") from None
+  stored = params
+  if bits is not None:
+    stored = _q.quantize(params, bits, axis=axis, group_size=group_size, group_axis=group_axis,
+                         symmetric=symmetric, masks=masks, where=where)
+  found = []
+  tree = _encode_tree(stored, (), found)
+  stored_leaves = treedef.flatten_up_to(stored)
+  if len(found) != len(stored_leaves):
+    raise RuntimeError("export.save: internal error: leaf walk and flatten disagree.")
+  blobs, entries = _Blobs(), []
+  for (keys, x), m, original in zip(found, mask_leaves, leaves):
+    p = _path(keys)
+    if m is not None:
+      like = x if _q.is_quantized(x) else original
+      if not is_array(like) or tuple(np.shape(m)) != tuple(like.shape):
+        raise ValueError(f"export.save: the mask at {at_path(p)} is {describe(m)} but the leaf "
+                         f"there is {describe(like)}; a mask must be a bool array of the "
+                         "leaf's shape (or None).")
+    entries.append(_entry(p, x, m, blobs, compression))
+  manifest = {"format": _format.FORMAT, "version": _format.VERSION, "blobs_size": blobs.size,
+              "tree": tree, "leaves": entries}
+  return _format.write(path, manifest, blobs.parts, force=force)
 
-
-def _export_meta(path):
-  meta = checkpoint.metadata(path)
-  if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-    raise ValueError(f"export.load: {str(path)!r} is a checkpoint but not a compressed export "
-                     "(written by export.save); read it with jaxprune.checkpoint.restore.")
-  if meta.get("version", 0) > _VERSION:
-    raise ValueError(f"export.load: {str(path)!r} has format version {meta['version']}, newer "
-                     f"than this jaxprune ({_VERSION}); upgrade jaxprune.")
-  return {tuple(e["path"]): e for e in meta["packed"]}
-
-
-def _rebuild(node, keys, packed):
-  """Turns the ``{"bits", "values"}`` dicts of a raw restored tree back into PackedLeaf."""
-  entry = packed.get(keys)
-  if entry is not None:
-    if not isinstance(node, dict) or set(node) != {"bits", "values"}:
-      raise ValueError(f"export.load: the packed leaf at {at_path('/'.join(keys))} is missing "
-                       f"its bits/values arrays; got {describe(node)}. The export is corrupted.")
-    return PackedLeaf(bits=node["bits"], values=node["values"], shape=tuple(entry["shape"]))
-  if isinstance(node, dict):
-    return {k: _rebuild(v, keys + (str(k),), packed) for k, v in node.items()}
-  if isinstance(node, (list, tuple)):
-    return type(node)(_rebuild(v, keys + (str(i),), packed) for i, v in enumerate(node))
-  return node
-
-
-def _packed_target(target, packed, path):
-  """A restore target for the compressed tree, from a params-like target."""
-  with_path, treedef = jax.tree_util.tree_flatten_with_path(target, is_leaf=lambda x: x is None)
-  out = []
-  for keypath, x in with_path:
-    keys = _ckpt._keys(keypath)
-    entry = packed.get(keys)
-    if entry is None:
-      out.append(x)
-      continue
-    shape = tuple(entry["shape"])
-    if not is_array(x) or tuple(x.shape) != shape:
-      raise ValueError(f"export.load({str(path)!r}): at {at_path('/'.join(keys))} target has "
-                       f"{describe(x)} but the export holds a pruned leaf of shape {shape}.")
-    if np.dtype(x.dtype) != np.dtype(entry["dtype"]):
-      raise ValueError(f"export.load({str(path)!r}): at {at_path('/'.join(keys))} target has "
-                       f"dtype {x.dtype} but the export holds {entry['dtype']}. Load with the "
-                       "saved dtype and convert afterwards.")
-    n = int(np.prod(shape))
-    out.append(PackedLeaf(bits=jax.ShapeDtypeStruct(((n + 7) // 8,), np.uint8),
-                          values=jax.ShapeDtypeStruct((entry["kept"],), x.dtype), shape=shape))
-  return treedef.unflatten(out)
-
-
-def _place(tree, target):
-  """Puts every restored array on the sharding of the matching target leaf."""
-  def put(x, like):
-    sharding = getattr(like, "sharding", None)
-    if x is None or not isinstance(sharding, jax.sharding.Sharding):
-      return x
-    return jax.device_put(x, sharding)
-  return jax.tree.map(put, tree, target, is_leaf=lambda x: x is None)
-
-
-def load(path, target=None, *, verify: bool = True):
-  """Loads an export written by :func:`save`; returns ``(params, masks)`` exactly as saved.
-
-  Args:
-    path: the export directory.
-    target: optional pytree like the saved params (concrete arrays or ``jax.ShapeDtypeStruct``,
-      e.g. from ``jax.eval_shape``): gives the container types and the shardings of the
-      returned params and masks. Without it containers come back as dicts and lists.
-    verify: check file sizes and checksums first (see :func:`jaxprune.checkpoint.restore`).
-
-  >>> import tempfile, jax, numpy as np
-  >>> d = tempfile.mkdtemp()
-  >>> params = (np.ones((2, 2), np.float32), np.ones(2, np.float32))
-  >>> _ = save(d + "/m", params, (np.eye(2, dtype=bool), None))
-  >>> p, m = load(d + "/m", target=jax.eval_shape(lambda: params))
-  >>> type(p).__name__, p[0].tolist(), m[1]
-  ('tuple', [[1.0, 0.0], [0.0, 1.0]], None)
-  """
-  packed = _export_meta(path)
-  if target is None:
-    raw = checkpoint.restore(path, verify=verify)
-    return decompress(_rebuild(raw, (), packed))
-  compressed = checkpoint.restore(path, _packed_target(target, packed, path), verify=verify)
-  params, masks = decompress(compressed)
-  return _place(params, target), _place(masks, target)
