@@ -138,6 +138,11 @@ def _tile_axes(nd):
 
 def quantize_leaf(x, bits: int, tile, symmetric: bool, mask=None) -> QuantizedLeaf:
   """Quantises one array with one scale per ``tile`` (jit-able; see :func:`quantize`)."""
+  return _quantize_leaf(x, mask, bits=bits, tile=tuple(tile), symmetric=symmetric)
+
+
+@jax.jit(static_argnames=("bits", "tile", "symmetric"))
+def _quantize_leaf(x, mask, *, bits, tile, symmetric):
   dtype = np.dtype(x.dtype)
   xf = jnp.asarray(x).astype(jnp.float32)
   if mask is not None:
@@ -151,13 +156,13 @@ def quantize_leaf(x, bits: int, tile, symmetric: bool, mask=None) -> QuantizedLe
   # initial=0: empty leaves work, and the range always holds 0 so that 0 is exact
   if symmetric:
     amax = jnp.max(jnp.abs(xt), axis=red, keepdims=True, initial=0.0)
-    scale = jnp.where(amax > 0, amax / qmax, one)
+    scale = jnp.where(amax > 0, amax * np.float32(1 / qmax), one)  # as XLA does x / c
     q = jnp.clip(jnp.round(xt / scale), -qmax, qmax)
     zero = None
   else:
     lo = jnp.min(xt, axis=red, keepdims=True, initial=0.0)
     hi = jnp.max(xt, axis=red, keepdims=True, initial=0.0)
-    scale = jnp.where(hi > lo, (hi - lo) / (2 ** bits - 1), one)
+    scale = jnp.where(hi > lo, (hi - lo) * np.float32(1 / (2 ** bits - 1)), one)
     zero = jnp.clip(qmin - jnp.round(lo / scale), qmin, qmax)
     q = jnp.clip(jnp.round(xt / scale) + zero, qmin, qmax)
   grid = tuple(s // t if t else 0 for s, t in zip(xf.shape, tile))
@@ -167,6 +172,7 @@ def quantize_leaf(x, bits: int, tile, symmetric: bool, mask=None) -> QuantizedLe
                        bits=bits, dtype=dtype)
 
 
+@jax.jit
 def dequantize_leaf(q: QuantizedLeaf):
   """``(values - zero) * scale`` in float32, cast to the leaf's dtype (jit-able)."""
   nd = q.values.ndim
@@ -223,8 +229,8 @@ def quantize(params, bits: int = 8, *, axis: int | None = -1, group_size: int | 
     the axis is not longer than ``g`` (then one group);
   * per tensor: ``axis=None`` (and no group_size).
 
-  Symmetric (default): ``scale = max|w| / (2**(bits-1) - 1)``, ``q = round(w / scale)`` in
-  ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` (int8: ±127). Asymmetric: the range
+  Symmetric (default): ``scale = max|w| * float32(1 / (2**(bits-1) - 1))``,
+  ``q = round(w / scale)`` in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` (int8: ±127). Asymmetric: the range
   ``[min(w, 0), max(w, 0)]`` maps to ``[-2**(bits-1), 2**(bits-1) - 1]`` with an integer zero
   point, so 0 is exact there too. Scales come from the **kept** weights only (pruned entries,
   where ``masks`` is False, do not widen the range), and pruned entries get ``q = zero``, so
