@@ -76,7 +76,7 @@ def _array(path: str, x) -> np.ndarray:
   if not _storable(v.dtype):
     raise TypeError(f"export.save: the leaf at {at_path(path)} is {describe(x)}; only numeric "
                     "and bool arrays can be saved.")
-  return np.ascontiguousarray(v)
+  return v if v.flags.c_contiguous else v.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
 
 
 def _storable(dtype) -> bool:
@@ -202,7 +202,7 @@ def save(path, params, masks=None, *, bits: int | None = None, axis: int | None 
     p = _path(keys)
     if m is not None:
       like = x if _q.is_quantized(x) else original
-      if not is_array(like) or tuple(np.shape(m)) != tuple(like.shape):
+      if not (is_array(like) or _q.is_quantized(like)) or tuple(np.shape(m)) != tuple(like.shape):
         raise ValueError(f"export.save: the mask at {at_path(p)} is {describe(m)} but the leaf "
                          f"there is {describe(like)}; a mask must be a bool array of the "
                          "leaf's shape (or None).")

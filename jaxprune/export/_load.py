@@ -90,11 +90,9 @@ def _shape(shape, where):
   return tuple(shape)
 
 
-def _jax_dtype_ok(dtype, where):
-  if jax.dtypes.canonicalize_dtype(dtype) != dtype:
-    raise ValueError(f"{where}: the leaf is {dtype}, which JAX would turn into "
-                     f"{jax.dtypes.canonicalize_dtype(dtype)}; enable 64-bit types "
-                     "(jax.config.update('jax_enable_x64', True)) to load it exactly.")
+def _jax_can_hold(dtype) -> bool:
+  """False for 64-bit dtypes when x64 is off (they stay numpy arrays: exact, on the host)."""
+  return jax.dtypes.canonicalize_dtype(dtype) == dtype
 
 
 def _decode(entry, blobs, where, verify):
@@ -172,11 +170,12 @@ def _device(x, like=None):
 
 def _finish(x, mask, like, quantized: bool, where):
   if _q.is_quantized(x):
-    _jax_dtype_ok(np.dtype(x.dtype), where)
+    if not _jax_can_hold(np.dtype(x.dtype)):
+      raise ValueError(f"{where}: the quantised leaf dequantises to {x.dtype}, which needs "
+                       "jax.config.update('jax_enable_x64', True).")
     leaf = jax.tree.map(jnp.asarray, x)
     x = leaf if quantized else _device(np.asarray(_q.dequantize(leaf)), like)
-  elif isinstance(x, np.ndarray):
-    _jax_dtype_ok(x.dtype, where)
+  elif isinstance(x, np.ndarray) and _jax_can_hold(x.dtype):
     x = _device(x, like)
   return x, _device(mask, like)
 
@@ -184,7 +183,8 @@ def _finish(x, mask, like, quantized: bool, where):
 def load(path, target=None, *, quantized: bool = False, verify: bool = True):
   """Loads a file written by :func:`save`; returns ``(params, masks)``.
 
-  Float leaves come back bit-exact (pruned entries +0); quantised leaves come back
+  Float leaves come back bit-exact (pruned entries +0) as jax arrays (64-bit ones as numpy
+  arrays unless ``jax_enable_x64`` is on, so that nothing is rounded); quantised leaves come back
   dequantised (``jaxprune.quantize.dequantize``: pruned entries exactly 0), or, with
   ``quantized=True``, as the :class:`jaxprune.quantize.QuantizedLeaf` that was saved (pruned
   values at the zero point). Masks are bool arrays where a mask was saved, ``None`` elsewhere.
@@ -307,8 +307,8 @@ def inspect(path) -> list[dict]:
   >>> from jaxprune.export import save
   >>> f = save(tempfile.mkdtemp() + "/m", {"w": np.ones((64, 64), np.float32)},
   ...          {"w": np.eye(64, dtype=bool)}, bits=8)
-  >>> [(r["path"], r["kind"], r["bits"], r["mask_coding"]) for r in inspect(f)]
-  [('w', 'quantized', 8, 'rice')]
+  >>> [(r["path"], r["kind"], r["bits"], r["mask_coding"]) for r in inspect(f)]  # zlib bitmap
+  [('w', 'quantized', 8, 'bitmap')]
   """
   manifest, _ = _format.read(path)
   found: dict = {}
