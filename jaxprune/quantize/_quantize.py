@@ -232,8 +232,9 @@ def quantize(params, bits: int = 8, *, axis: int | None = -1, group_size: int | 
   Symmetric (default): ``scale = max|w| * float32(1 / (2**(bits-1) - 1))``,
   ``q = round(w / scale)`` in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` (int8: ±127).
   Asymmetric: the range ``[min(w, 0), max(w, 0)]`` maps to ``[-2**(bits-1), 2**(bits-1) - 1]``
-  with an integer zero point, so 0 is exact there too. Scales come from the **kept** weights only (pruned entries,
-  where ``masks`` is False, do not widen the range), and pruned entries get ``q = zero``, so
+  with an integer zero point, so 0 is exact there too. Scales come from the **kept** weights
+  only (pruned entries, where ``masks`` is False, do not widen the range), and pruned entries
+  get ``q = zero``, so
   :func:`dequantize` returns exactly 0 for them. Rounding is round-to-nearest, ties to even
   (``jnp.round``, as numpy and IEEE-754 default), computed in float32 for every param dtype;
   every kept weight is then within half a step (``scale / 2``) of its dequantised value.
