@@ -1,24 +1,28 @@
-"""Bytes on disk of a pruned model: dense orbax checkpoint vs ``jaxprune.export``.
+"""Bytes on disk of a pruned model: orbax checkpoints vs ``jaxprune.export`` float/int8/int4.
 
 For an MLP-like parameter tree (embedding + blocks of two dense layers + biases, default
-~4.2M params), magnitude-pruned layer-wise (``masks.topk``) at 50/80/90/95/99% sparsity, prints
-per dtype (float32 and bfloat16):
+~4.2M params), magnitude-pruned layer-wise (``masks.topk``) at 50/80/90/95% sparsity:
 
-  dense       ``checkpoint.save`` of the unpruned params (orbax, zstd)
-  pruned      ``checkpoint.save`` of the pruned params, zeros stored (orbax's zstd squeezes them)
-  export      ``export.save(params, masks)``: bit-packed masks + kept values (orbax, zstd)
-  ideal       in-memory size of the compressed tree (``export.nbytes``: n/8 + k*itemsize)
-  bcoo        what a COO layout would need (k values + k int32 index pairs), for comparison
+  dense        orbax ``StandardCheckpointer`` of the unpruned params (zstd inside tensorstore)
+  pruned       the same for the pruned params (zeros stored; zstd squeezes them)
+  float        ``export.save(params, masks)``: kept values exact + entropy-coded masks
+  int8         ``export.save(..., bits=8)``: per-channel symmetric int8 of the kept weights
+  int4         ``export.save(..., bits=4, group_size=128)``: per-group int4, two per byte
 
-and the ratios export/dense and export/pruned, plus save/load wall times (host, incl. hashing).
-A last table gives the in-memory size of the 2:4 N:M layout (``export.compress_n_of_m``).
+each in MB and as a ratio to ``dense`` and to ``pruned``, plus the mask's cost in bits per
+masked weight next to its entropy H(s), and whether the float export loads back bit-exact.
+Targets of issue 14 at 90%: int8 <= 4% of dense and <= 1/3 of pruned; float <= 0.7x pruned.
 
 Usage: python benchmarks/export_size.py [--width 256] [--blocks 4] [--vocab 4096]
+       [--dtype float32|bfloat16] [--compression best|fast|none]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import pathlib
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +30,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
-from jaxprune import checkpoint, export, masks, scores
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
 
-SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
+from jaxprune import export, masks, scores  # noqa: E402
+
+SPARSITIES = (0.5, 0.8, 0.9, 0.95)
 
 
 def make_params(width: int, blocks: int, vocab: int, dtype, seed: int = 0):
@@ -44,42 +53,48 @@ def make_params(width: int, blocks: int, vocab: int, dtype, seed: int = 0):
   }
 
 
-def dir_bytes(path) -> int:
-  return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+def size(path) -> int:
+  path = Path(path)
+  if path.is_file():
+    return path.stat().st_size
+  return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def timed(fn):
-  start = time.perf_counter()
-  out = fn()
-  return out, time.perf_counter() - start
+def orbax_save(path: Path, tree) -> int:
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(path, tree, force=True)
+  return size(path)
 
 
-def run(dtype, args, root: Path):
+def entropy(s: float) -> float:
+  return 0.0 if s in (0.0, 1.0) else -(s * math.log2(s) + (1 - s) * math.log2(1 - s))
+
+
+def run(args, root: Path):
+  dtype = {"float32": np.float32, "bfloat16": jnp.bfloat16}[args.dtype]
   params = make_params(args.width, args.blocks, args.vocab, dtype)
   n = sum(x.size for x in jax.tree.leaves(params))
-  itemsize = np.dtype(dtype).itemsize
-  checkpoint.save(root / "dense", params, force=True)
-  dense = dir_bytes(root / "dense")
+  dense = orbax_save(root / "dense", params)
   rows = []
   for s in SPARSITIES:
     m = jax.device_get(masks.topk(scores.magnitude(params), s))
     pruned = jax.device_get(masks.apply_masks(params, m))
-    checkpoint.save(root / "pruned", pruned, force=True)
-    _, t_save = timed(lambda: export.save(root / "export", params, m, force=True))
-    (p2, m2), t_load = timed(lambda: export.load(root / "export"))
-    same = all(np.asarray(a).tobytes() == np.asarray(b).tobytes()
-               for a, b in zip(jax.tree.leaves(pruned), jax.tree.leaves(p2)))
-    kept = sum(int(x.sum()) for x in jax.tree.leaves(m))
-    masked_n = sum(x.size for x in jax.tree.leaves(m))
-    ideal = export.nbytes(export.compress(params, m))
-    bcoo = (n - masked_n) * itemsize + kept * (itemsize + 2 * 4)
-    rows.append((s, dense, dir_bytes(root / "pruned"), dir_bytes(root / "export"), ideal, bcoo,
-                 t_save, t_load, same))
-  return n, rows
-
-
-def mb(x: int) -> str:
-  return f"{x / 1e6:8.2f}"
+    pruned_bytes = orbax_save(root / f"pruned{s}", pruned)
+    out = {}
+    for name, opts in (("float", {}), ("int8", {"bits": 8}),
+                       ("int4", {"bits": 4, "group_size": 128})):
+      start = time.perf_counter()
+      f = export.save(root / f"{name}{s}", params, m, compression=args.compression, force=True,
+                      **opts)
+      out[name] = (size(f), time.perf_counter() - start)
+    loaded, _ = export.load(root / f"float{s}")
+    exact = all(np.asarray(a).tobytes() == np.asarray(b).tobytes()
+                for a, b in zip(jax.tree.leaves(pruned), jax.tree.leaves(loaded)))
+    info = export.inspect(root / f"float{s}")
+    masked = sum(math.prod(r["shape"]) for r in info if r["kind"] == "sparse")
+    mask_bits = 8 * sum(r["mask_bytes"] for r in info)
+    rows.append((s, pruned_bytes, out, exact, mask_bits / masked))
+  return n, dense, rows
 
 
 def main():
@@ -87,27 +102,23 @@ def main():
   parser.add_argument("--width", type=int, default=256)
   parser.add_argument("--blocks", type=int, default=4)
   parser.add_argument("--vocab", type=int, default=4096)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--compression", default="best", choices=("best", "fast", "none"))
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as tmp:
-    for dtype, name in ((np.float32, "float32"), (jnp.bfloat16, "bfloat16")):
-      n, rows = run(dtype, args, Path(tmp))
-      print(f"\n{name}: {n / 1e6:.2f}M params, raw {mb(n * np.dtype(dtype).itemsize).strip()} MB"
-            " (sizes in MB on disk unless noted)")
-      print("sparsity    dense   pruned   export  ideal(mem)  bcoo(mem)  export/dense  "
-            "export/pruned  save_s  load_s  exact")
-      for s, dense, pruned, exp, ideal, bcoo, ts, tl, same in rows:
-        print(f"{100 * s:7.0f}% {mb(dense)} {mb(pruned)} {mb(exp)}    {mb(ideal)}   {mb(bcoo)}"
-              f"       {100 * exp / dense:6.2f}%        {100 * exp / pruned:6.2f}%  {ts:6.2f}"
-              f"  {tl:6.2f}  {same}")
-  print("\n2:4 N:M layout (in memory, one 2048x2048 leaf): values + 2-bit indices vs bitmask")
-  print("dtype      dense MB  n:m MB  bitmask MB  n:m/dense")
-  for dtype, name in ((np.float32, "float32"), (jnp.bfloat16, "bfloat16")):
-    w = np.random.default_rng(1).standard_normal((2048, 2048)).astype(dtype)
-    m = np.asarray(masks.n_of_m({"w": jnp.abs(jnp.asarray(w, jnp.float32))}, 2, 4)["w"])
-    leaf = export.compress_n_of_m(w, m, 2, 4)
-    nm = leaf.values.nbytes + leaf.indices.nbytes
-    packed = export.nbytes(export.compress({"w": w}, {"w": m}))
-    print(f"{name:9s} {mb(w.nbytes)} {mb(nm)}    {mb(packed)}     {100 * nm / w.nbytes:6.2f}%")
+    n, dense, rows = run(args, Path(tmp))
+  mb = lambda b: f"{b / 1e6:7.2f}"
+  print(f"{args.dtype}: {n / 1e6:.2f}M params; dense orbax checkpoint {mb(dense).strip()} MB "
+        f"(compression={args.compression})")
+  print("sparsity | pruned MB | float MB  int8 MB  int4 MB | float/dense int8/dense "
+        "int4/dense | float/pruned int8/pruned int4/pruned | mask bit/w (H) | exact | save s "
+        "(float/int8/int4)")
+  for s, pruned, out, exact, mask_bits in rows:
+    (f, tf), (i8, t8), (i4, t4) = out["float"], out["int8"], out["int4"]
+    print(f"{100 * s:6.0f}%  | {mb(pruned)}   | {mb(f)} {mb(i8)} {mb(i4)} | "
+          f"{100 * f / dense:9.2f}% {100 * i8 / dense:8.2f}% {100 * i4 / dense:8.2f}% | "
+          f"{f / pruned:11.3f} {i8 / pruned:11.3f} {i4 / pruned:11.3f} | "
+          f"{mask_bits:5.3f} ({entropy(s):5.3f}) | {exact} | {tf:5.2f}/{t8:5.2f}/{t4:5.2f}")
 
 
 if __name__ == "__main__":

@@ -301,7 +301,7 @@ def _load_into(target, found, decode, quantized, where):
 
 
 def inspect(path) -> list[dict]:
-  """Per stored leaf: path, kind, shape, dtype, bits, mask coding and bytes on disk.
+  """Per stored leaf: path, kind, shape, dtype, bits, mask coding, bytes (and mask bytes).
 
   >>> import tempfile, numpy as np
   >>> from jaxprune.export import save
@@ -320,6 +320,7 @@ def inspect(path) -> list[dict]:
     rows.append({"path": _path(keys), "kind": e["kind"], "shape": e.get("shape"),
                  "dtype": e.get("dtype"), "bits": e.get("bits"),
                  "mask_coding": (e.get("mask") or {}).get("coding"),
-                 "bytes": sum(b["length"] for b in blobs)})
+                 "bytes": sum(b["length"] for b in blobs),
+                 "mask_bytes": (e.get("mask") or {}).get("length", 0)})
   return rows
 
