@@ -13,10 +13,11 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 """
 
 from jaxprune import (
-    allocate, checkpoint, compensation, core, export, filters, masks, schedules, scores, summary,
-    transforms)
+    allocate, checkpoint, compensation, core, export, filters, masks, quantize, schedules, scores,
+    summary, transforms)
 from jaxprune.compensation import compensate
 from jaxprune.masks import apply_masks
+from jaxprune.quantize import dequantize, fake_quantize
 from jaxprune.transforms import (
     keep_sparse, lottery_round, masked_params, masks_of, prune, reset_optimizer_state, rigl,
     sparse_evolution, static_sparse)
@@ -30,7 +31,9 @@ __all__ = [
     "compensate",
     "compensation",
     "core",
+    "dequantize",
     "export",
+    "fake_quantize",
     "filters",
     "keep_sparse",
     "lottery_round",
@@ -38,6 +41,7 @@ __all__ = [
     "masks",
     "masks_of",
     "prune",
+    "quantize",
     "reset_optimizer_state",
     "rigl",
     "schedules",
