@@ -222,3 +222,17 @@ def test_qat_with_keep_sparse_keeps_pruned_at_zero():
                                 np.asarray(masks["w"]))
   back = qz.dequantize(qz.quantize(params, 4, masks=masks))["w"]
   assert (np.asarray(back)[~np.asarray(masks["w"])] == 0).all()
+
+
+@pytest.mark.parametrize("bits,group,symmetric", [(8, None, True), (4, 128, True),
+                                                   (8, None, False)])
+def test_qwix_recipe_dequantizes_identically(bits, group, symmetric):
+  """The recipe of the jaxprune.quantize docstring (skipped where qwix is not installed)."""
+  qwix = pytest.importorskip("qwix")
+  w = jax.random.normal(jax.random.key(0), (256, 8))
+  masks = jaxprune.masks.topk({"w": jnp.abs(w)}, 0.9)
+  q = qz.quantize({"w": w}, bits, group_size=group, symmetric=symmetric, masks=masks)["w"]
+  qtype = "int4" if q.bits == 4 else "int8"
+  qa = qwix.QArray(qvalue=q.values.astype(qtype), scale=q.scale,
+                   zero_point=None if q.zero is None else q.zero.astype(qtype), qtype=qtype)
+  np.testing.assert_array_equal(np.asarray(qwix.dequantize(qa)), np.asarray(qz.dequantize(q)))
