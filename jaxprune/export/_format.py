@@ -4,9 +4,9 @@ Layout of format version 2 (integers little-endian)::
 
     offset 0   8 bytes   magic b"JAXPRUNE"
     offset 8   uint32    format version (2)
-    offset 12  uint64    M, the manifest's length in bytes
-    offset 20  32 bytes  SHA-256 of the manifest bytes
-    offset 52  M bytes   the manifest: UTF-8 JSON (below)
+    offset 12  uint64    M, the stored manifest's length in bytes
+    offset 20  32 bytes  SHA-256 of the M stored manifest bytes
+    offset 52  M bytes   the manifest: UTF-8 JSON (below), zlib-compressed
     52 + M     ...       the blobs, concatenated; nothing after the last one
 
 The manifest is ``{"format": "jaxprune.export", "version": 2, "blobs_size": B, "tree": node,
@@ -51,6 +51,7 @@ import pathlib
 import shutil
 import struct
 import uuid
+import zlib
 
 MAGIC = b"JAXPRUNE"
 VERSION = 2
@@ -71,7 +72,7 @@ def write(path, manifest: dict, blobs: list[bytes], *, force: bool) -> str:
   path = pathlib.Path(path).absolute()
   if path.exists() and not force:
     raise FileExistsError(f"export.save: {str(path)!r} exists; pass force=True to replace it.")
-  body = json.dumps(manifest, separators=(",", ":"), allow_nan=False).encode()
+  body = zlib.compress(json.dumps(manifest, separators=(",", ":"), allow_nan=False).encode(), 9)
   header = _HEADER.pack(MAGIC, VERSION, len(body), hashlib.sha256(body).digest())
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
@@ -146,8 +147,8 @@ def read(path) -> tuple[dict, memoryview]:
     raise ExportError(f"{where}: the manifest's checksum does not match: the file is corrupted "
                       "or its manifest was edited.")
   try:
-    manifest = json.loads(body)
-  except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    manifest = json.loads(zlib.decompress(body))
+  except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as err:
     raise ExportError(f"{where}: the manifest is not valid JSON ({err}); corrupted.") from None
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get(
       "version") != VERSION:
