@@ -1,4 +1,4 @@
-"""Compressed sparse export: bit-packed masks plus kept values, saved with orbax.
+"""Compressed sparse export: kept values (float, int8 or int4) plus entropy-coded masks.
 
 :func:`compress` turns masked params into a compact pytree: every masked leaf becomes a
 :class:`PackedLeaf` with ``bits`` (the mask, row-major, ``np.packbits``: 1 bit per entry) and
@@ -8,11 +8,15 @@ takes ``n / 8 + k * itemsize`` bytes, e.g. 13.1% of the dense f32 bytes at 90% s
 :func:`decompress` is its exact inverse (bit-identical kept values, pruned entries 0) and is
 jit-able; :func:`compress` is host-side because its output size depends on the masks.
 
-:func:`save`/:func:`load` store the compressed tree as an orbax checkpoint through
-:mod:`jaxprune.checkpoint` (atomic, checksummed; zstd-compressed by orbax): each packed leaf is
-two arrays ``<leaf>/bits`` and ``<leaf>/values`` and the checkpoint metadata lists the packed
-leaves' shapes, dtypes and kept counts. Variable-length 1-D ``values`` are ordinary arrays to
-orbax, so no custom format is needed.
+:func:`save`/:func:`load` write and read one self-checking file (format version 2, layout in
+``jaxprune/export/_format.py``; no orbax involved): per masked leaf its kept values, exact or
+quantised to int8/int4 with :mod:`jaxprune.quantize` (``bits=8``/``4``; 4-bit values two per
+byte), and its mask in the smallest of a bitmap (raw/zlib/lzma) and a Golomb-Rice code of the
+gaps between kept positions, chosen per leaf. Writes are atomic (temporary file, fsync,
+rename); loads check the header, the manifest's and every blob's SHA-256, and every decoded
+size against the manifest, so truncated, corrupted or edited files raise a ``ValueError``.
+Container structure is stored as a tree (never joined names): no two keys can collide.
+:func:`inspect` lists what each leaf costs on disk.
 
 N:M structured layout (2:4 on sparse tensor cores): :func:`compress_n_of_m` stores, for every
 group of ``m`` consecutive entries along the reduction axis, its ``n`` kept values
