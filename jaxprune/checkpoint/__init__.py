@@ -21,7 +21,8 @@ the leaf path.
 ('ScaleByAdamState', None)
 """
 
-from jaxprune.checkpoint._checkpoint import abstract, metadata, restore, save
+from jaxprune.checkpoint._restore import abstract, metadata, restore
+from jaxprune.checkpoint._save import save
 
 __all__ = [
     "abstract",
