@@ -104,8 +104,8 @@ def restore(path, target=None, *, verify: bool = True):
   if target is not None:
     entries, treedef = _tree.flatten(target)
     what["target structure"] = "\n".join(
-        [str(treedef)] + [f"{'/'.join(k)} {getattr(x, 'shape', '')} {getattr(x, 'dtype', '')}"
-                          for k, x in entries])
+        [f"{'/'.join(k)} {getattr(x, 'shape', '')} {getattr(x, 'dtype', '')}"
+         for k, x in entries] + [str(treedef)])
   _sync.check_same(operation, "arguments", what)
   try:
     if verify:

@@ -111,7 +111,7 @@ def _stored_tree(tree, empty: list[dict]):
 def _describe_call(path: Path, tree, force: bool, metadata) -> dict[str, str]:
   """What every process must agree on, as text (compared by digest)."""
   entries, treedef = _tree.flatten(tree)
-  lines, values = [str(treedef)], []
+  lines, values = [], []
   for keys, x in entries:
     shape = getattr(x, "shape", ())
     dtype = getattr(x, "dtype", type(x).__name__)
@@ -120,7 +120,7 @@ def _describe_call(path: Path, tree, force: bool, metadata) -> dict[str, str]:
       data = jax.random.key_data(x) if _tree.is_key_array(x) else x
       values.append(f"{'/'.join(keys)} "
                     f"{hashlib.sha256(np.ascontiguousarray(np.asarray(data)).tobytes()).hexdigest()}")
-  return {"checkpoint path": str(path), "tree structure": "\n".join(lines),
+  return {"checkpoint path": str(path), "tree structure": "\n".join(lines + [str(treedef)]),
           "options": f"force={force} metadata={json.dumps(metadata, sort_keys=True)}",
           "values of host-local leaves (numpy, scalars, single-device arrays)": "\n".join(values)}
 
