@@ -112,24 +112,45 @@ def leaves_from_table(table) -> dict:
           for k, v in table}
 
 
+def with_empty(manifest: dict, saved: dict) -> dict:
+  """Orbax's leaf table with the stubs of zero-size arrays marked as such (as recorded)."""
+  out = dict(saved)
+  for e in manifest["empty_arrays"]:
+    out[stored_keys(manifest, e["path"])] = ("empty", tuple(e["shape"]), e["dtype"])
+  return out
+
+
 def check_against_orbax(path: Path, manifest: dict, saved: dict) -> None:
   """The leaf table and zero-size entries of the manifest must match what orbax reads."""
+  for e in manifest["empty_arrays"]:
+    keys, shape = stored_keys(manifest, e["path"]), tuple(e["shape"])
+    if saved.get(keys, "no leaf") != _STUB or 0 not in shape:
+      raise ValueError(
+          f"checkpoint {str(path)!r} is inconsistent: the manifest lists a zero-size array "
+          f"of shape {shape} at {_tree.show(tuple(e['path']))} but orbax holds "
+          f"{_describe(saved.get(keys, 'no leaf'))} there. Restore from another copy.")
+  if manifest["wrapped"] and any(k[:1] != (ROOT,) for k in saved):
+    raise ValueError(f"checkpoint {str(path)!r} is inconsistent: the manifest says the tree is "
+                     f"wrapped under {ROOT!r} but orbax's tree is not. Restore from another copy.")
   recorded = leaves_from_table(manifest["leaves"])
-  if recorded != saved:
-    diff = sorted(set(recorded) ^ set(saved)) or sorted(
-        k for k in saved if recorded.get(k) != saved[k])
+  read = with_empty(manifest, saved)
+  if recorded != read:
+    diff = sorted(set(recorded) ^ set(read)) or sorted(
+        k for k in read if recorded.get(k) != read[k])
     k = diff[0]
     raise ValueError(
         f"checkpoint {str(path)!r} is inconsistent: at {_tree.show(k)} the manifest records "
-        f"{_describe(recorded.get(k, 'no leaf'))} but orbax reads {_describe(saved.get(k, 'no leaf'))}"
-        " (edited or mixed-up files). Restore from another copy.")
-  for e in manifest["empty_arrays"]:
-    keys, shape = stored_keys(manifest, e["path"]), tuple(e["shape"])
-    if keys not in saved or saved[keys] is not None or 0 not in shape:
-      raise ValueError(
-          f"checkpoint {str(path)!r} is inconsistent: the manifest lists a zero-size array "
-          f"of shape {shape} at {_tree.show(keys)} but orbax holds "
-          f"{_describe(saved.get(keys, 'no leaf'))} there. Restore from another copy.")
+        f"{_describe(recorded.get(k, 'no leaf'))} but orbax reads "
+        f"{_describe(read.get(k, 'no leaf'))} (edited or mixed-up files). Restore from another "
+        "copy.")
+
+
+def empty_stub() -> np.ndarray:
+  """What orbax stores in place of a zero-size array (which it cannot write): one byte."""
+  return np.zeros((1,), np.uint8)
+
+
+_STUB = ("array", (1,), "uint8")
 
 
 def stored_keys(manifest: dict, keys) -> tuple[str, ...]:

@@ -85,15 +85,15 @@ def _host_local(x) -> bool:
 
 
 def _stored_tree(tree, empty: list[dict]):
-  """What orbax writes: zero-size arrays as None, host-local arrays replicated (multi-process),
-  escaped dict keys, and a wrapper around a bare leaf or an empty tree."""
+  """What orbax writes: zero-size arrays as a 1-byte stub, host-local arrays replicated
+  (multi-process), escaped dict keys, and a wrapper around a bare leaf or an empty tree."""
   drop = {tuple(e["path"]) for e in empty}
   entries, treedef = _tree.flatten(tree)
   multi = _sync.count() > 1
   leaves = []
   for keys, x in entries:
     if keys in drop:
-      x = None
+      x = _manifest.empty_stub()
     elif multi and _host_local(x):
       x = _replicated(x)
     leaves.append(x)
@@ -172,7 +172,7 @@ def _commit(path: Path, staging: Path, tables: list[str], body: dict, stored) ->
     raise RuntimeError(f"checkpoint.save({str(path)!r}): orbax reports other leaves than the "
                        "ones given (an orbax change?); nothing was replaced.")
   _manifest.write(staging, {**body, "files": dict(sorted(files.items())),
-                            "leaves": _manifest.leaf_table(saved)})
+                            "leaves": _manifest.leaf_table(_manifest.with_empty(body, saved))})
   _swap(path, staging)
 
 
