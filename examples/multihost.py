@@ -1,6 +1,6 @@
 """Pruning during training on a multi-process JAX runtime, with checkpoints, from one script.
 
-    python examples/multihost.py                   # one process (4 fake CPU devices without an accelerator)
+    python examples/multihost.py                   # one process (4 fake CPU devices on a CPU)
     python examples/multihost.py --processes 2     # 2 local processes x 2 CPU devices, one mesh
     python examples/multihost.py --quick           # a smoke test (either form)
 

@@ -134,7 +134,8 @@ def _state(mesh):
   dict key with a dot."""
   params = sharded_params(mesh)
   opt = optax.adam(1e-3).init(params)
-  return {"params": params, "opt": opt, "masks": {"dense1": None, "dense2": jnp.ones((32, 8), bool)},
+  masks = {"dense1": None, "dense2": jnp.ones((32, 8), bool)}
+  return {"params": params, "opt": opt, "masks": masks,
           "key": jax.random.key(3), "cfg": {"lr.scale": np.float32(0.5), "lr": {"scale": 2}},
           "empty": jnp.zeros((0, 4))}
 

@@ -1,4 +1,4 @@
-"""Atomic, verified save on any number of processes, on top of orbax's ``StandardCheckpointHandler``.
+"""Atomic, verified save on any number of processes, on orbax's ``StandardCheckpointHandler``.
 
 Steps (every process calls :func:`save`; each step ends in an agreement, see ``_sync``):
 
@@ -118,8 +118,8 @@ def _describe_call(path: Path, tree, force: bool, metadata) -> dict[str, str]:
     lines.append(f"{'/'.join(keys)} {tuple(shape)} {dtype}")
     if _sync.count() > 1 and x is not None and (not isinstance(x, jax.Array) or _host_local(x)):
       data = jax.random.key_data(x) if _tree.is_key_array(x) else x
-      values.append(f"{'/'.join(keys)} "
-                    f"{hashlib.sha256(np.ascontiguousarray(np.asarray(data)).tobytes()).hexdigest()}")
+      raw = np.ascontiguousarray(np.asarray(data)).tobytes()
+      values.append(f"{'/'.join(keys)} {hashlib.sha256(raw).hexdigest()}")
   return {"checkpoint path": str(path), "tree structure": "\n".join(lines + [str(treedef)]),
           "options": f"force={force} metadata={json.dumps(metadata, sort_keys=True)}",
           "values of host-local leaves (numpy, scalars, single-device arrays)": "\n".join(values)}

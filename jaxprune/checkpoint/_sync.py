@@ -9,6 +9,12 @@ that dies or stalls makes the others fail after ``timeout`` seconds, naming it.
 
 Without a coordination-service client (e.g. a runtime started some other way) the exchange
 falls back to ``jax.experimental.multihost_utils.process_allgather``, which has no timeout.
+
+On one process every function is immediate:
+
+>>> agree(next_operation(), "write", None)  # nobody failed: returns
+>>> exchange(next_operation(), "files", "{}")
+['{}']
 """
 
 from __future__ import annotations

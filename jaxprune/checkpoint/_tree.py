@@ -5,6 +5,9 @@ Orbax names every leaf by joining its keys with ``"."``, so ``{"a.b": x}`` and
 Dict keys containing ``"."`` (or the escape character ``"%"``) are therefore escaped before a
 tree reaches orbax (``"."`` → ``"%2E"``, ``"%"`` → ``"%25"``) and unescaped on restore; trees
 without such keys are stored exactly as orbax stores them.
+
+>>> escape_key("a.b"), unescape_key(escape_key("50%.x"))
+('a%2Eb', '50%.x')
 """
 
 from __future__ import annotations
