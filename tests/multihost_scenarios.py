@@ -265,3 +265,34 @@ def absent(directory: str) -> dict:
 def sleep(seconds: float) -> None:
   import time
   time.sleep(seconds)
+
+
+def rigl_checkpoint(directory: str, steps: int = 8) -> dict:
+  """RigL steps on cross-process params, then its state (PRNG key included) round-trips."""
+  mesh = mesh_1d()
+  params = sharded_params(mesh)
+  rng = np.random.default_rng(2)
+  batch = NamedSharding(mesh, P("x", None))
+  x = _global(rng.standard_normal((8, 16)).astype(np.float32), batch)
+  y = _global(rng.standard_normal((8, 8)).astype(np.float32), batch)
+  tx = jaxprune.rigl(optax.adam(1e-2), 0.75, every=2, end=6, allocate="uniform", key=0)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    grads = jax.grad(_loss)(params, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  for _ in range(steps):
+    params, opt_state = step(params, opt_state, x, y)
+  masks = jaxprune.masks_of(opt_state)
+  full_params, full_masks = gathered(params), gathered(masks)
+  nonzero_pruned = int(sum(jax.tree.leaves(jax.tree.map(
+      lambda m, p: 0 if m is None else np.count_nonzero(p[~m]), full_masks, full_params,
+      is_leaf=lambda x: x is None))))
+  path = checkpoint.save(Path(directory) / "rigl", (params, opt_state))
+  restored = checkpoint.restore(path, checkpoint.abstract((params, opt_state)))
+  return {"nonzero_pruned": nonzero_pruned, "same": digest(restored) == digest((params, opt_state)),
+          "sparsity": float(jaxprune.summary.scalars(params)["sparsity/total"]),
+          "masks": digest(masks)}

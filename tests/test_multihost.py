@@ -135,3 +135,10 @@ def test_a_hanging_scenario_fails_within_its_timeout(cluster):
   with pytest.raises(Hang, match="did not finish within 2 s"):
     cluster.run(sc.sleep, timeout=2, seconds=60)
   assert _values(cluster.run(sc.info, timeout=120))[0]["processes"] == 2  # a fresh cluster
+
+
+def test_rigl_steps_and_checkpoint_across_processes(cluster, tmp_path):
+  values = _values(cluster.run(sc.rigl_checkpoint, timeout=240, directory=str(tmp_path)))
+  assert values[0]["masks"] == values[1]["masks"]
+  for v in values:
+    assert v["nonzero_pruned"] == 0 and v["same"] and v["sparsity"] == 0.75
