@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxprune import checkpoint
-from jaxprune.checkpoint import _checkpoint
+from jaxprune.checkpoint import _manifest, _tree
 
 
 class FakePruneState(NamedTuple):  # shaped like jaxprune.transforms.PruneState
@@ -42,8 +42,8 @@ def assert_bitwise_equal(a, b, *, same_containers=True):
   fb, tb = jax.tree_util.tree_flatten_with_path(b, is_leaf=lambda x: x is None)
   if same_containers:
     assert ta == tb, f"{ta} != {tb}"
-  pa = [checkpoint._checkpoint._keys(k) for k, _ in fa]
-  pb = [checkpoint._checkpoint._keys(k) for k, _ in fb]
+  pa = [_tree.keys_of(k) for k, _ in fa]
+  pb = [_tree.keys_of(k) for k, _ in fb]
   assert sorted(pa) == sorted(pb)
   lb = dict(zip(pb, [v for _, v in fb]))
   for keys, x in zip(pa, [v for _, v in fa]):
@@ -491,7 +491,7 @@ def test_missing_or_corrupted_orbax_files_are_detected(saved, victim):
 
 def test_manifest_missing_or_garbled(saved):
   path, tree = saved
-  manifest = path / _checkpoint.MANIFEST
+  manifest = path / _manifest.MANIFEST
   manifest.write_text("{not json")
   with pytest.raises(ValueError, match="unreadable or corrupted"):
     checkpoint.restore(path, tree)
@@ -527,7 +527,7 @@ def test_failed_save_overwrites_nothing(saved, monkeypatch):
   def boom(*args, **kwargs):
     raise OSError("disk full (simulated)")
 
-  monkeypatch.setattr(_checkpoint, "_write_manifest", boom)
+  monkeypatch.setattr(_manifest, "write", boom)
   with pytest.raises(OSError, match="disk full"):
     checkpoint.save(path, {"other": jnp.ones(3)}, force=True)
   monkeypatch.undo()
@@ -535,7 +535,7 @@ def test_failed_save_overwrites_nothing(saved, monkeypatch):
   assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # temp dir cleaned up
   assert_bitwise_equal(checkpoint.restore(path, tree), tree)
   with pytest.raises(OSError, match="disk full"):  # a fresh path is not created either
-    monkeypatch.setattr(_checkpoint, "_write_manifest", boom)
+    monkeypatch.setattr(_manifest, "write", boom)
     checkpoint.save(path.parent / "new", {"other": jnp.ones(3)})
   assert not (path.parent / "new").exists()
 
