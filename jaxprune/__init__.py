@@ -13,8 +13,8 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 """
 
 from jaxprune import (
-    allocate, checkpoint, compensation, core, export, filters, masks, schedules, scores, summary,
-    transforms)
+    allocate, checkpoint, compensation, core, export, filters, masks, oneshot, schedules, scores,
+    summary, transforms)
 from jaxprune.compensation import compensate
 from jaxprune.masks import apply_masks
 from jaxprune.transforms import (
@@ -37,6 +37,7 @@ __all__ = [
     "masked_params",
     "masks",
     "masks_of",
+    "oneshot",
     "prune",
     "reset_optimizer_state",
     "rigl",
