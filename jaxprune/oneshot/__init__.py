@@ -2,7 +2,10 @@
 
 Per layer (a kernel ``w`` of shape ``(in, out)``): :func:`sparsegpt` (OBS reconstruction with
 the layer's input Hessian ``2XᵀX/n``), :func:`wanda` (``|w|·‖x‖`` within each output unit)
-and :func:`magnitude`; each returns ``(new_w, mask)`` with exact counts.
+and :func:`magnitude`; each returns ``(new_w, mask)`` with exact counts. Whole models:
+:func:`prune` finds the linear layers of ``apply_fn`` from its jaxpr and prunes them in forward
+order, each from its inputs propagated through the already pruned layers before it; :class:`OWL`
+sets per-layer sparsities from activation outliers.
 
 >>> import jax, jax.numpy as jnp, jaxprune
 >>> w = jax.random.normal(jax.random.key(0), (8, 4))
@@ -12,9 +15,13 @@ and :func:`magnitude`; each returns ``(new_w, mask)`` with exact counts.
 """
 
 from jaxprune.oneshot._layer import magnitude, sparsegpt, wanda
+from jaxprune.oneshot._owl import OWL
+from jaxprune.oneshot._prune import prune
 
 __all__ = [
+    "OWL",
     "magnitude",
+    "prune",
     "sparsegpt",
     "wanda",
 ]
