@@ -84,7 +84,15 @@ def sparsegpt(w, hessian, sparsity=None, *, n=None, m=None, block: int = 128,
     raise ValueError(f"{fn}: hessian must have shape (in, in) = ({d_in}, {d_in}) for a kernel "
                      f"of shape {tuple(w.shape)}; got {_shape(hessian)}.")
   _checks.groups(n, m, d_in, fn, block=block)
-  new_w, mask, ok = _sparsegpt(w, jnp.asarray(hessian, jnp.float32), mask_t, s=s, n=n, m=m,
+  keeps = None
+  if mask_t is None and n is None:  # kept entries per block; exact in total
+    size, d_out, keeps = d_in * w.shape[1], w.shape[1], []
+    for i1 in range(0, d_in, block):
+      i2 = min(i1 + block, d_in)
+      pruned = _pruned(size, s, d_out * i2) - _pruned(size, s, d_out * i1)
+      keeps.append(d_out * (i2 - i1) - pruned)
+    keeps = jnp.asarray(keeps, jnp.int32)
+  new_w, mask, ok = _sparsegpt(w, jnp.asarray(hessian, jnp.float32), mask_t, keeps, n=n, m=m,
                                 block=block, damping=damping, bits=bits)
   if not _checks.is_traced(ok) and not bool(ok):
     raise ValueError(f"{fn}: the damped hessian is not positive definite (Cholesky failed); "
@@ -92,25 +100,23 @@ def sparsegpt(w, hessian, sparsity=None, *, n=None, m=None, block: int = 128,
   return new_w, mask
 
 
-@functools.partial(jax.jit, static_argnames=("s", "n", "m", "block", "damping", "bits"))
-def _sparsegpt(w, hessian, mask_t, *, s, n, m, block, damping, bits):
+@functools.partial(jax.jit, static_argnames=("n", "m", "block", "damping", "bits"))
+def _sparsegpt(w, hessian, mask_t, keeps, *, n, m, block, damping, bits):
   d_in, d_out = w.shape
   u = _inverse_cholesky(hessian, damping)
   ok = jnp.all(jnp.isfinite(u))
   wt = w.astype(jnp.float32).T  # (out, in): the paper's orientation
   scale = None if bits is None else _grid(wt, bits)
-  size, done, mask_blocks = d_in * d_out, 0, []
-  for i1 in range(0, d_in, block):
+  mask_blocks = []
+  for b, i1 in enumerate(range(0, d_in, block)):
     i2 = min(i1 + block, d_in)
     w1, u1 = wt[:, i1:i2], u[i1:i2, i1:i2]
     if mask_t is not None:
       mask1 = mask_t[:, i1:i2]
       q1, err = _unstructured_block(w1, u1, mask1, scale, bits)
     elif n is None:
-      keep = (d_out * (i2 - i1) - (_pruned(size, s, d_out * i2) - _pruned(size, s, done)))
-      done = d_out * i2
       score = jnp.square(w1) / jnp.square(jnp.diag(u1))[None, :]
-      mask1 = top_flat(score, keep)
+      mask1 = top_flat(score, keeps[b])
       q1, err = _unstructured_block(w1, u1, mask1, scale, bits)
     else:
       q1, mask1, err = _nm_block(w1, u1, scale, n=n, m=m, bits=bits)
