@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune import filters
-from jaxprune.core import at_path, describe, flatten_with_paths, is_floating, leaves_like, listing
+from jaxprune.core import describe, flatten_with_paths, is_floating, leaves_like, listing
 from jaxprune.oneshot import _checks, _layer, _owl, _trace
 
 METHODS = ("sparsegpt", "wanda", "magnitude")
@@ -98,7 +98,7 @@ def prune(apply_fn, params, calibration, *, method: str = "sparsegpt", sparsity=
   plans = _Plans(apply_fn, treedef, index, rest, store, len(leaves), fn)
   sites = plans.sites(batches)
   layers = _layers(sites, [paths[i] for i in index], fn)
-  _warn_unused(layers, [paths[i] for i in index], store, fn)
+  _warn_unused(layers, [paths[i] for i in index], fn)
   names = [_name(paths[index[s.leaf]], s.index) for _, s in layers]
   level = [targets[index[s.leaf]] for _, s in layers]
   if options is not None:
@@ -249,7 +249,7 @@ def _layers(sites, paths, fn):
   return layers
 
 
-def _warn_unused(layers, paths, store, fn):
+def _warn_unused(layers, paths, fn):
   used = {s.leaf for _, s in layers}
   unused = [paths[j] for j in range(len(paths)) if j not in used]
   if unused:
