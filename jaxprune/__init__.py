@@ -13,7 +13,8 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 """
 
 from jaxprune import (
-    allocate, checkpoint, compensation, core, export, filters, masks, quantize, schedules, scores,
+    allocate, checkpoint, compensation, core, export, filters, masks, oneshot, quantize, schedules,
+    scores,
     summary, transforms)
 from jaxprune.compensation import compensate
 from jaxprune.masks import apply_masks
@@ -40,6 +41,7 @@ __all__ = [
     "masked_params",
     "masks",
     "masks_of",
+    "oneshot",
     "prune",
     "quantize",
     "reset_optimizer_state",
