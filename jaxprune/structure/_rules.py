@@ -225,9 +225,10 @@ def _dot_general(flow, eqn, ins, weights):
     if weights[0] or weights[1]:
       flow.union(lhs[a], rhs[b])
     else:
-      flow.freeze(lhs[a], "contracted between two activations (dot_general), e.g. "
-                  "attention's query-key head dimension")
-      flow.freeze(rhs[b], "contracted between two activations (dot_general)")
+      reason = ("contracted between two activations (dot_general), e.g. attention's "
+                "query-key head dimension")
+      flow.freeze(lhs[a], reason)
+      flow.freeze(rhs[b], reason)
   for a, b in zip(lb, rb):
     flow.union(lhs[a], rhs[b])
   out = [lhs[a] for a in lb]
@@ -254,6 +255,7 @@ def _conv(flow, eqn, ins, weights):
   elif len(rhs_in) == 1 and len(rhs_out) == groups:  # depthwise, channel multiplier 1
     flow.union(lhs[lhs_spec[1]], rhs_out)
     out[out_spec[1]] = rhs_out
+    flow.freeze(rhs_in, "the per-group input axis of a depthwise kernel")
   else:
     reason = (f"grouped convolution (feature_group_count={groups}) other than depthwise with "
               "multiplier 1")
