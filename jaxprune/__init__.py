@@ -13,8 +13,8 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 """
 
 from jaxprune import (
-    allocate, checkpoint, compensation, core, export, filters, masks, schedules, scores, summary,
-    transforms)
+    allocate, checkpoint, compensation, core, export, filters, masks, schedules, scores, structure,
+    summary, transforms)
 from jaxprune.compensation import compensate
 from jaxprune.masks import apply_masks
 from jaxprune.transforms import (
@@ -44,6 +44,7 @@ __all__ = [
     "scores",
     "sparse_evolution",
     "static_sparse",
+    "structure",
     "summary",
     "transforms",
 ]

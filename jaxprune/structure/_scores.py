@@ -15,19 +15,29 @@ METHODS = ("l1", "l2", "taylor", "scale", "random")
 SCALE_NAMES = ("scale", "gamma", "weight")
 
 
-def channel_sums(group: Group, leaves: dict, fn: Callable) -> jax.Array:
-  """``Σ fn(x)`` over each channel's slices of every member: an array of shape ``(size,)``."""
-  total = jnp.zeros(group.size, jnp.float32)
+def _host(tree_leaves) -> bool:
+  return not any(isinstance(x, jax.core.Tracer) for x in tree_leaves)
+
+
+def channel_sums(group: Group, leaves: dict, fn: Callable):
+  """``Σ fn(x)`` over each channel's slices of every member: an array of shape ``(size,)``.
+
+  Concrete arrays are summed with numpy on the host (no XLA dispatch per member); traced
+  ones with ``jax.numpy``.
+  """
+  xp = np if _host(leaves.values()) else jnp
+  total = xp.zeros(group.size, xp.float32)
   for m in group.members:
     x = leaves[m.path]
-    v = jnp.asarray(fn(x, m.path), jnp.float32)
-    per = jnp.sum(v, axis=tuple(a for a in range(v.ndim) if a != m.axis))
-    total = total + per[jnp.asarray(m.indices)].sum(axis=1)
+    x = np.asarray(x, np.float32) if xp is np else x.astype(jnp.float32)
+    v = fn(x, m.path)
+    per = v.sum(axis=tuple(a for a in range(v.ndim) if a != m.axis))
+    total = total + per[m.indices].sum(axis=1)
   return total
 
 
 def group_scores(graph: Graph, params, method="l2", *, grads=None, key=None,
-                 scale_names=SCALE_NAMES) -> dict:
+                 groups=None, scale_names=SCALE_NAMES) -> dict:
   """Scores every channel of every group: ``{group index: array of shape (size,)}``.
 
   Args:
@@ -43,10 +53,12 @@ def group_scores(graph: Graph, params, method="l2", *, grads=None, key=None,
       channel; or a callable ``fn(group, params) -> array of shape (group.size,)``.
     grads: gradients shaped like params (``"taylor"``).
     key: a ``jax.random`` key (``"random"``).
+    groups: indices of the groups to score (default: all).
     scale_names: last path components that ``"scale"`` treats as norm scales.
 
   Returns:
-    ``{group.index: scores}`` for every group (not-prunable ones included).
+    ``{group.index: scores}`` for every group asked for (not-prunable ones included): numpy arrays for
+    concrete inputs, jax arrays under ``jax.jit``.
 
   >>> import jax.numpy as jnp
   >>> from jaxprune import structure
@@ -58,21 +70,22 @@ def group_scores(graph: Graph, params, method="l2", *, grads=None, key=None,
   """
   paths, leaves, _ = flatten_with_paths(params)
   by_path = dict(zip(paths, leaves))
+  chosen = list(graph) if groups is None else [graph[int(i)] for i in groups]
   if callable(method) and not isinstance(method, str):
-    return {g.index: _checked(g, method(g, params)) for g in graph}
+    return {g.index: _checked(g, method(g, params)) for g in chosen}
   if isinstance(method, str):
     if method not in METHODS:
       raise ValueError(f"group_scores method must be one of {METHODS}, a pytree of element "
                        f"scores or a callable; got {method!r}.")
     return {g.index: _named(g, by_path, method, grads, key, scale_names, params)
-            for g in graph}
+            for g in chosen}
   element = dict(zip(paths, leaves_like(params, method, name="scores")))
   for p, x in element.items():
     if x is not None and tuple(np.shape(x)) != tuple(np.shape(by_path[p])):
       raise ValueError(f"scores at '{p}' has shape {np.shape(x)} but params there has shape "
                        f"{np.shape(by_path[p])}: got {describe(x)}. Compute the element "
                        "scores from these params.")
-  return {g.index: channel_sums(_present(g, element), element, lambda x, p: x) for g in graph}
+  return {g.index: channel_sums(_present(g, element), element, lambda x, p: x) for g in chosen}
 
 
 def _present(group, element):
@@ -90,15 +103,17 @@ def _checked(group, s):
 
 def _named(group, by_path, method, grads, key, scale_names, params):
   if method == "l1":
-    return channel_sums(group, by_path, lambda x, p: jnp.abs(x))
+    return channel_sums(group, by_path, lambda x, p: abs(x))
   if method == "l2":
-    return jnp.sqrt(channel_sums(group, by_path, lambda x, p: jnp.square(x.astype(jnp.float32))))
+    return channel_sums(group, by_path, lambda x, p: x * x) ** 0.5
   if method == "taylor":
     if grads is None:
       raise ValueError("group_scores(method='taylor') needs grads=: the gradients of the loss "
                        "with respect to params (e.g. jax.grad(loss_fn)(params, x, y)).")
     g = dict(zip(flatten_with_paths(params)[0], leaves_like(params, grads, name="grads")))
-    return jnp.abs(channel_sums(group, by_path, lambda x, p: x * g[p]))
+    host = _host(g.values()) and _host(by_path.values())
+    g = {p: np.asarray(v, np.float32) if host else v for p, v in g.items()}
+    return abs(channel_sums(group, by_path, lambda x, p: x * g[p]))
   if method == "random":
     if key is None:
       raise ValueError("group_scores(method='random') needs key=: a jax.random key.")
@@ -111,6 +126,7 @@ def _named(group, by_path, method, grads, key, scale_names, params):
     raise ValueError(
         f"group_scores(method='scale'): group {group.index} ({', '.join(group.paths)}) has no "
         f"norm scale (1-D leaf named one of {scale_names}). Use another method for models "
-        "without norms between layers, or pass scale_names=.")
+        "without norms between layers, prune only the groups with norms (sparsity={group "
+        "index: fraction}), or pass scale_names=.")
   sub = Group(group.index, scales, group.size, group.prunable, group.reason)
-  return channel_sums(sub, by_path, lambda x, p: jnp.abs(x))
+  return channel_sums(sub, by_path, lambda x, p: abs(x))

@@ -91,7 +91,7 @@ def select(graph: Graph, params, sparsity, *, scores="l2", ranking: str = "group
   if isinstance(scores, dict) and all(isinstance(k, numbers.Integral) for k in scores):
     table = scores
   else:
-    table = group_scores(graph, params, scores, grads=grads, key=key)
+    table = group_scores(graph, params, scores, grads=grads, key=key, groups=list(targets))
   for i in targets:
     if i not in table or np.shape(table[i]) != (graph[i].size,):
       raise ValueError(f"scores for {_name(graph[i])} must have shape ({graph[i].size},); got "
