@@ -201,36 +201,72 @@ def _resolve(flow, uf, labels, attached, flat, factors):
                   "cut")
 
 
+def _mix(x):
+  """splitmix64 finaliser (uint64, wrapping): a set hash of (leaf, axis, count) pairs."""
+  x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
 def _groups(root, reasons, paths, param_ids):
+  """Components with the same members (leaf, axis, count) and reason form one group."""
   rows = []  # (root, leaf, axis, index)
+  rank = max([len(ids) for ids in param_ids] + [1])
   for j, ids in enumerate(param_ids):
     for a, x in enumerate(ids):
       if len(x):
         r = root[x]
-        rows.append(np.stack([r, np.full_like(r, j), np.full_like(r, a),
-                              np.arange(len(x))], 1))
-  table = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
-  order = np.lexsort((table[:, 3], table[:, 2], table[:, 1], table[:, 0]))
-  table = table[order]
-  roots, starts = np.unique(table[:, 0], return_index=True)
-  ends = list(starts[1:]) + [len(table)]
-  buckets = {}
-  for r, s, e in zip(roots, starts, ends):
-    chunk = table[s:e]
-    keys, counts = np.unique(chunk[:, 1:3], axis=0, return_counts=True)
-    sig = (reasons.get(int(r)), tuple((int(j), int(a), int(c))
-                                       for (j, a), c in zip(keys, counts)))
-    buckets.setdefault(sig, []).append((int(r), chunk))
-  found = []
-  for (reason, sig), comps in buckets.items():
-    comps.sort(key=lambda rc: int(rc[1][0, 3]))
-    members = []
-    for j, a, c in sig:
-      idx = np.stack([chunk[(chunk[:, 1] == j) & (chunk[:, 2] == a), 3] for _, chunk in comps])
-      members.append(Member(paths[j], a, idx.reshape(len(comps), c)))
-    key = (sig[0][0], sig[0][1], int(comps[0][1][0, 3]))
-    found.append((key, members, len(comps), reason, np.array([r for r, _ in comps])))
-  found.sort(key=lambda f: f[0])
-  groups = [Group(i, tuple(m), size, reason is None, reason)
-            for i, (_, m, size, reason, _) in enumerate(found)]
-  return groups, [f[4] for f in found]
+        rows.append(np.stack([r, np.full_like(r, j), np.full_like(r, a), np.arange(len(x))], 1))
+  if not rows:
+    return [], []
+  t = np.concatenate(rows)
+  pk = t[:, 1] * rank + t[:, 2]
+  span = int(pk.max()) + 1
+  ukey, counts = np.unique(t[:, 0] * span + pk, return_counts=True)
+  proot, ppk = ukey // span, ukey % span
+  with np.errstate(over="ignore"):
+    h = _mix(ppk.astype(np.uint64) * np.uint64(1 << 32) + counts.astype(np.uint64))
+    h2 = _mix(h ^ np.uint64(0x5DEECE66D))
+  roots, starts = np.unique(proot, return_index=True)
+  with np.errstate(over="ignore"):
+    sig1, sig2 = np.add.reduceat(h, starts), np.add.reduceat(h2, starts)
+  names = sorted(set(reasons.values()))
+  reason_id = np.array([names.index(reasons[int(r)]) if int(r) in reasons else -1
+                        for r in roots]) if names else np.full(len(roots), -1)
+  key = np.stack([sig1.view(np.int64), sig2.view(np.int64), reason_id], 1)
+  _, gid = np.unique(key, axis=0, return_inverse=True)
+  gid = gid.ravel()
+  # first (smallest) index of each root, to order the channels of a group
+  order = np.lexsort((t[:, 3], pk, t[:, 0]))
+  t, pk = t[order], pk[order]
+  first_row = np.searchsorted(t[:, 0], roots)
+  first_idx = t[first_row, 3]
+  root_pos = np.searchsorted(roots, t[:, 0])
+  ranked = np.lexsort((first_idx, gid))  # roots by group, then first index
+  within = np.empty(len(roots), np.int64)
+  gstart = np.searchsorted(gid[ranked], np.arange(gid.max() + 1))
+  within[ranked] = np.arange(len(roots)) - gstart[gid[ranked]]
+  row_g, row_w = gid[root_pos], within[root_pos]
+  order = np.lexsort((t[:, 3], row_w, pk, row_g))
+  t, pk, row_g = t[order], pk[order], row_g[order]
+  bkey, bstart = np.unique(row_g * span + pk, return_index=True)
+  bend = list(bstart[1:]) + [len(t)]
+  sizes = np.bincount(gid)
+  found = {}
+  for k, s0, s1 in zip(bkey, bstart, bend):
+    g, (j, a) = int(k // span), divmod(int(k % span), rank)
+    found.setdefault(g, []).append(Member(paths[j], a, t[s0:s1, 3].reshape(sizes[g], -1)))
+  out = []
+  for g, members in found.items():
+    r0 = roots[ranked[gstart[g]]]
+    reason = reasons.get(int(r0))
+    if reason is None and sizes[g] == 1:
+      reason = "a single channel: cutting it would remove the whole axis"
+    sort_key = (paths.index(members[0].path), members[0].axis, int(members[0].indices[0, 0]))
+    out.append((sort_key, members, int(sizes[g]), reason, roots[ranked[gstart[g]:gstart[g]
+                                                                       + sizes[g]]]))
+  out.sort(key=lambda f: f[0])
+  groups = [Group(i, tuple(m), n, reason is None, reason)
+            for i, (_, m, n, reason, _) in enumerate(out)]
+  return groups, [f[4] for f in out]
