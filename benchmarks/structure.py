@@ -8,9 +8,9 @@ Prints two tables:
      transformer (124M params; heads and MLP neurons cut, the residual width is not prunable
      because LayerNorm statistics run over it).
 
-Usage: python benchmarks/structure.py [--repeats 20] [--skip-gpt2]
-Timings are medians of ``--repeats`` calls after one warm-up (compile excluded); on a shared
-machine they move with the load, the ratios within one run much less.
+Usage: python benchmarks/structure.py [--repeats 30] [--skip-gpt2]
+Timings are medians of ``--repeats`` calls after one warm-up (compile excluded), dense and
+small models called in alternation round by round so that they see the same machine load.
 """
 
 from __future__ import annotations
@@ -55,19 +55,23 @@ def _count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def _measure(fn, params, x, repeats):
-  jitted = jax.jit(fn)
-  compiled = jitted.lower(params, x).compile()
+def _compile(fn, params, x):
+  compiled = jax.jit(fn).lower(params, x).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan")))
-  jax.block_until_ready(compiled(params, x))
-  times = []
+  jax.block_until_ready(compiled(params, x))  # warm-up
+  return compiled, float(cost.get("flops", float("nan")))
+
+
+def _interleaved(calls, repeats):
+  """Median seconds of each call, the calls alternating round by round (same load for all)."""
+  times = [[] for _ in calls]
   for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(compiled(params, x))
-    times.append(time.perf_counter() - t)
-  return flops, float(np.median(times))
+    for k, call in enumerate(calls):
+      t = time.perf_counter()
+      jax.block_until_ready(call())
+      times[k].append(time.perf_counter() - t)
+  return [float(np.median(ts)) for ts in times]
 
 
 def small_models(repeats):
@@ -82,12 +86,13 @@ def small_models(repeats):
       variants.append((f"{int(s * 100)}%", small, fn))
     for batch in (1, 256):
       x = jax.random.normal(jax.random.key(1), (batch, features))
-      base = None
-      for label, p, fn in variants:
-        flops, t = _measure(fn, p, x, repeats)
-        base = base or (flops, t)
-        rows.append((name, batch, label, _count(p), flops, base[0] / flops, t * 1e3,
-                     base[1] / t))
+      compiled = [_compile(fn, p, x) for _, p, fn in variants]
+      times = _interleaved([lambda c=c, p=p: c[0](p, x) for c, (_, p, _) in
+                            zip(compiled, variants)], repeats)
+      for (label, p, _), (_, flops), t in zip(variants, compiled, times):
+        rows.append((name, batch, label, _count(p), flops, compiled[0][1] / flops, t * 1e3,
+                     times[0] / t))
+  print("cut = fraction of the channels of every prunable group removed (L2 scores)")
   print(f"{'model':5} {'batch':>5} {'cut':>5} {'params':>9} {'FLOPs':>11} {'fewer':>6} "
         f"{'ms':>8} {'speed-up':>8}")
   for r in rows:
@@ -147,7 +152,7 @@ def gpt2():
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=20)
+  parser.add_argument("--repeats", type=int, default=30)
   parser.add_argument("--skip-gpt2", action="store_true")
   args = parser.parse_args()
   small_models(args.repeats)
