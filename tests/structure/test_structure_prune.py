@@ -207,3 +207,14 @@ def test_prune_errors(bad):
   else:
     with pytest.raises(ValueError, match="every channel"):
       structure.prune(g, p, keep={hidden: []})
+
+
+def test_sharded_params(mesh):
+  p = sm.mlp_params()
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "x"))
+  p["w1"] = jax.device_put(p["w1"], sharding)
+  x = sm.normal(1, 4, 3)
+  g = structure.trace(sm.mlp, p, x)
+  keep, small, small_fn, dense = sm.zeroed_reference(g, p, jax.jit(sm.mlp), x)
+  assert small["w1"].shape == (3, 4)
+  _close(jax.jit(small_fn)(small, x), dense)
