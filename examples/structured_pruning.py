@@ -81,8 +81,8 @@ def main(argv=None):
                                                             key=key, probes=probes),
       "random": lambda: "random",
   }
-  if args.quick:  # the smoke test: one norm and one second-order score
-    scores = {k: scores[k] for k in ("l2", "obd")}
+  if args.quick:  # the smoke test: one norm and one first-order score
+    scores = {k: scores[k] for k in ("l2", "taylor")}
   repeats = 2 if args.quick else 10
   flops, ms = cost(model.apply, variables, x_bench, repeats)
   dense_acc = accuracy(model.apply, variables, x_test, y_test)
