@@ -14,8 +14,7 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 
 from jaxprune import (
     allocate, checkpoint, compensation, core, export, filters, masks, oneshot, quantize, schedules,
-    scores,
-    summary, transforms)
+    scores, structure, summary, transforms)
 from jaxprune.compensation import compensate
 from jaxprune.masks import apply_masks
 from jaxprune.quantize import dequantize, fake_quantize
@@ -50,6 +49,7 @@ __all__ = [
     "scores",
     "sparse_evolution",
     "static_sparse",
+    "structure",
     "summary",
     "transforms",
 ]
