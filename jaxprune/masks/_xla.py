@@ -52,12 +52,16 @@ def after(token, fn, *operands, big: bool):
 
 
 def token_of(tree) -> jax.Array:
-  """A non-negative int32 scalar that XLA can only compute once ``tree`` is computed."""
+  """An int32 scalar that XLA can only compute once ``tree`` is computed.
+
+  It is the first entry of the first non-empty leaf, so it is non-negative for counts and
+  masks (the only trees it is used on). No ``abs`` on purpose: XLA would fold ``abs(t) >= 0``
+  to true and inline the conditionals of :func:`after`, and with them the buffer sharing.
+  """
   leaves = [x for x in jax.tree.leaves(tree) if x.size]
   if not leaves:
     return jnp.zeros((), jnp.int32)
-  first = leaves[0].reshape(-1)[0]
-  return jnp.abs(first.astype(jnp.int32))
+  return leaves[0].reshape(-1)[0].astype(jnp.int32)
 
 
 def packed_row_counts(ge_a, ge_b, count_dtype=jnp.int32):
