@@ -12,7 +12,15 @@ a bisection over the (small) row counts finds the row of the cut, one reduction 
 and a bisection over the row finds the column. Ties thus cost one extra read of one leaf, not a
 search over the flat index. Entries that are not ``eligible`` (pruned before) are never kept.
 On sharded arrays every step is a local comparison plus an all-reduce, so masks keep the
-scores' sharding.
+scores' sharding. :func:`search_stats` returns the debug counters (passes, tie reads).
+
+Memory on XLA:CPU (jax 0.10): a count pass materialises one float32 input per leaf (float sums
+go to YNNPACK, which does not fuse the comparison into the sum); passes over big leaves run one
+at a time and share that buffer (:func:`jaxprune.masks._xla.after`). The scores are an operand
+of the search loop, so scores computed in the same jit (``global_topk(magnitude(p))``) are
+materialised once: XLA sinks only broadcast/iota-rooted values into while loops, not
+``abs(param)``. Temporaries are about the largest leaf for precomputed scores and one copy of
+the scores more for scores computed in the jit.
 """
 
 from __future__ import annotations

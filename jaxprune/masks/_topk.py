@@ -39,8 +39,7 @@ def topk(scores, sparsity, *, where=None, previous=None):
     if leaf is None:
       kept.append(None)
       continue
-    one = lambda score, eligible, leaf=leaf: _leaf_topk(leaf.score.shape, score, leaf.sparsity,
-                                                       eligible)
+    one = lambda score, eligible, s=leaf.sparsity: _leaf_topk(score, s, eligible)
     mask = _xla.after(token, one, leaf.score, leaf.eligible,
                       big=_plan.size(leaf.score) >= _xla.BIG)
     token = _xla.token_of(mask)
@@ -48,7 +47,7 @@ def topk(scores, sparsity, *, where=None, previous=None):
   return _plan.unflatten(treedef, kept)
 
 
-def _leaf_topk(shape, score, sparsity, eligible):
+def _leaf_topk(score, sparsity, eligible):
   n = _plan.size(score)
   dtype = _plan.count_dtype(n)
   return _search.top_k([score], [eligible], keep_count(n, sparsity, dtype), count_dtype=dtype)[0]
