@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from jaxprune.core import at_path, describe, flatten_with_paths, is_array, leaves_like
@@ -39,13 +38,3 @@ def _apply_one(path, x, mask):
         f"{tuple(x.shape)}. Recompute the masks from scores of these params.")
   keep = mask if mask.dtype == jnp.bool_ else mask != 0
   return jnp.where(keep, x, jnp.zeros((), x.dtype))
-
-
-def masked_fraction(masks) -> jax.Array:
-  """Fraction of entries pruned over all masked leaves (0 when there are none)."""
-  leaves = [m for m in jax.tree.leaves(masks) if m is not None]
-  total = sum(m.size for m in leaves)
-  if total == 0:
-    return jnp.zeros((), jnp.float32)
-  kept = sum(jnp.sum(m, dtype=jnp.float32) for m in leaves)
-  return 1.0 - kept / total

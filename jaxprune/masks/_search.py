@@ -1,14 +1,26 @@
 """Exact top-k selection by counting search, with no sort and no concatenation of leaves.
 
-The k-th largest score is found by counting ``scores >= candidate`` (a reduction, summed over
-all leaves for a global selection) over the order-preserving integer keys of the floating-point
-values. A strided sample of a few thousand entries gives a first bracket of keys, checked with
-one count on the full data; each further pass counts two candidate keys placed by interpolating
-the counts (with a fallback to splitting the bracket in thirds), and the search stops as soon as
-a candidate keeps exactly k. Otherwise the k-th value is tied, and the ties are broken by a
-bisection over the flat index (lower index kept first). NaN scores rank below every number;
-entries that are not ``eligible`` (pruned before) are never kept. On sharded arrays every step
-is a local comparison plus an all-reduce of scalars, so masks keep the scores' sharding.
+The k-th largest score is found by counting ``scores >= candidate`` over the order-preserving
+integer keys of the floating-point values (NaN gets the lowest key, below -inf). A strided
+sample of a few thousand entries places the first two candidates; every pass over the data
+counts two candidate keys at once (:func:`jaxprune.masks._xla.packed_row_counts`) and keeps the
+counts per row. Candidates are placed by interpolating the counts (with a fallback to splitting
+the bracket in thirds), and the search stops as soon as a candidate keeps exactly k, or the
+bracket holds one key: then the k-th value is tied and the row counts of the last pass say
+which rows hold the ties. The lowest flat indices among the ties are kept (leaf order first):
+a bisection over the (small) row counts finds the row of the cut, one reduction reads that row,
+and a bisection over the row finds the column. Ties thus cost one extra read of one leaf, not a
+search over the flat index. Entries that are not ``eligible`` (pruned before) are never kept.
+On sharded arrays every step is a local comparison plus an all-reduce, so masks keep the
+scores' sharding. :func:`search_stats` returns the debug counters (passes, tie reads).
+
+Memory on XLA:CPU (jax 0.10): a count pass materialises one float32 input per leaf (float sums
+go to YNNPACK, which does not fuse the comparison into the sum); passes over big leaves run one
+at a time and share that buffer (:func:`jaxprune.masks._xla.after`). The scores are an operand
+of the search loop, so scores computed in the same jit (``global_topk(magnitude(p))``) are
+materialised once: XLA sinks only broadcast/iota-rooted values into while loops, not
+``abs(param)``. Temporaries are about the largest leaf for precomputed scores and one copy of
+the scores more for scores computed in the jit.
 """
 
 from __future__ import annotations
@@ -21,7 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxprune.masks import _xla
+
 _UINT = {16: np.uint16, 32: np.uint32, 64: np.uint64}
+_SAMPLE = 4096  # entries of the scores sampled to place the first candidates
+_Z = 4.0  # half-width of the sample bracket, in standard deviations of the sample estimate
+_FLAT_ROW = 1024  # 1-D leaves at least 64 times this long are searched as rows of this length
 
 
 def search_dtype(dtypes) -> np.dtype:
@@ -34,7 +51,7 @@ def _bits(dtype) -> int:
 
 
 def _key_dtype(dtype):
-  """Unsigned dtype for keys and bisection arithmetic (uint32 for 16- and 32-bit floats)."""
+  """Unsigned dtype for keys and bracket arithmetic (uint32 for 16- and 32-bit floats)."""
   return np.uint64 if _bits(dtype) == 64 else np.uint32
 
 
@@ -55,109 +72,30 @@ def _value_of(key, dtype):
   return lax.bitcast_convert_type(bits, dtype)
 
 
-def _before(shape, cut, dtype):
-  """``flat_index(entry) < cut`` for every entry, as a lexicographic compare of iotas.
+def _key_range(dtype):
+  """(NaN key, key of +inf + 1): ``count(>= first)`` counts every entry, ``count(>= last)`` 0.
 
-  No index array is built: each dimension compares its iota with one digit of ``cut``.
+  NaN ranks below every number: its key is that of -inf minus one.
   """
-  cut = jnp.clip(cut, 0, int(np.prod(shape, dtype=np.int64)))
-  digits, rest = [], cut
-  for size in reversed(shape):
-    digits.append(rest % dtype(size))
-    rest = rest // dtype(size)
-  digits.reverse()
-  overflow = rest > 0  # cut == size: every entry is before it
-  less = jnp.zeros(shape, bool)
-  equal = jnp.ones(shape, bool)
-  for axis, digit in enumerate(digits):
-    iota = lax.broadcasted_iota(dtype, shape, axis)
-    less = less | (equal & (iota < digit))
-    equal = equal & (iota == digit)
-  return less | overflow
+  key_dtype = _key_dtype(dtype)
+  return key_dtype(_key_of(-np.inf, dtype) - 1), key_dtype(_key_of(np.inf, dtype) + 1)
 
 
-def _masked(cond, eligible):
-  return cond if eligible is None else cond & eligible
+def _ge(x, e, key, dtype):
+  """``x >= value(key)`` where ``e`` (eligible) holds; the NaN key selects every entry."""
+  nan_key, _ = _key_range(dtype)
+  out = (x >= _value_of(key, dtype)) | (key <= nan_key)
+  return out if e is None else out & e
 
 
-def _count_one(cond, count_dtype):
-  """Number of True entries. Row sums in float32 (exact below 2**24 per row, and much faster
-  on CPU than an integer reduction), then an integer total."""
-  if cond.ndim == 0:
-    return cond.astype(count_dtype)
-  if cond.shape[-1] >= 2**24:
-    return jnp.sum(cond, dtype=count_dtype)
-  rows = jnp.sum(cond.astype(jnp.float32), axis=-1)
-  return jnp.sum(rows.astype(count_dtype), dtype=count_dtype)
-
-
-_SHARED_TEMP_MIN = 1 << 20  # leaves at least this big are counted in a conditional
-
-
-def _count(cond, leaves, count_dtype):
-  """Total of ``cond(*leaf)`` (a bool array) over leaves."""
-  return _total(lambda *leaf: (_count_one(cond(*leaf), count_dtype),), leaves, 1, count_dtype)[0]
-
-
-def _count_two(leaves, a, b, dtype, count_dtype):
-  """``(count(x >= value(a)), count(x >= value(b)))`` over eligible entries, for keys a <= b.
-
-  Rows of at most ``_PACK_ROW`` entries are counted in one pass: an entry adds 1 to a float32
-  row sum if it is only ``>= a`` and ``R + 1`` if it is also ``>= b``, ``R`` greater than the row
-  length, so the row sum ``count_a + R * count_b`` is exact (below 2**24) and splits back.
-  """
-  ta, tb = _value_of(a, dtype), _value_of(b, dtype)
-  radix = _PACK_ROW + 1
-
-  def count_leaf(x, e):
-    ge_a, ge_b = _masked(x >= ta, e), _masked(x >= tb, e)
-    if x.ndim == 0 or x.shape[-1] > _PACK_ROW:
-      return _count_one(ge_a, count_dtype), _count_one(ge_b, count_dtype)
-    rows = jnp.sum(jnp.where(ge_b, float(radix + 1), jnp.where(ge_a, 1.0, 0.0)), axis=-1)
-    rows = rows.astype(count_dtype)
-    return (jnp.sum(rows % radix, dtype=count_dtype),
-            jnp.sum(rows // radix, dtype=count_dtype))
-
-  return _total(count_leaf, leaves, 2, count_dtype)
-
-
-def _total(count_leaf, leaves, arity, count_dtype):
-  """Sum of ``count_leaf(*leaf)`` (a tuple of ``arity`` counts) over leaves, one at a time.
-
-  Counting materialises one float32 row-sum input per leaf. Big leaves are counted inside a
-  ``lax.cond`` whose predicate depends on the running total (always true): the branches run in
-  sequence and XLA gives all of them one shared temporary buffer, so the extra memory is that
-  of the largest leaf, not of all leaves together.
-  """
-  total = tuple(jnp.zeros((), count_dtype) for _ in range(arity))
-
-  def add(t, leaf):
-    return tuple(a + b for a, b in zip(t, count_leaf(*leaf)))
-
-  for leaf in leaves:
-    if len(leaves) == 1 or leaf[0].size < _SHARED_TEMP_MIN:
-      total, leaf = lax.optimization_barrier((total, leaf))  # one pass at a time
-      total = add(total, leaf)
-    else:
-      total = lax.cond(total[0] >= 0, add, lambda t, l: t, total, leaf)
-  return total
-
-
-def in_sequence(fns, shapes):
-  """Calls ``fns[i]()`` (each returning a bool array of ``shapes[i]``) one after the other.
-
-  Each big call runs in a ``lax.cond`` predicated on the previous result (always true), so
-  independent per-leaf searches do not run at once and share their temporary memory.
-  """
-  out, token = [], jnp.zeros((), jnp.int32)
-  for fn, shape in zip(fns, shapes):
-    if int(np.prod(shape, dtype=np.int64)) < _SHARED_TEMP_MIN:
-      out.append(fn())
-      continue
-    mask = lax.cond(token >= 0, fn, lambda: jnp.zeros(shape, bool))
-    token = mask.reshape(-1)[0].astype(jnp.int32)
-    out.append(mask)
-  return out
+def _view(x):
+  """The leaf as an array of rows (at least 2-D): row counts are reductions over the last axis."""
+  if x.ndim >= 2:
+    return x
+  n = x.size
+  if n >= 64 * _FLAT_ROW and n % _FLAT_ROW == 0:
+    return x.reshape(n // _FLAT_ROW, _FLAT_ROW)
+  return x.reshape(1, max(n, 1)) if n else x.reshape(1, 0)
 
 
 @functools.partial(jax.jit, static_argnames=("count_dtype",))
@@ -175,50 +113,45 @@ def top_k(scores: Sequence[jax.Array], eligible: Sequence[jax.Array | None], k,
     One bool mask per leaf, keeping the top ``k``; ties broken by lower flat index (leaf order
     first, then row-major position), NaN ranked lowest. Compiled once per shapes and dtypes
     (eager calls are one dispatch; under an outer ``jit`` it is inlined).
-
-  The search keeps a bracket of keys ``lo < hi`` with ``count(>= lo) >= k > count(>= hi)``
-  (:func:`_bracket`, then :func:`_narrow`) until ``count(>= lo) == k`` (the mask is
-  ``x >= lo``) or ``hi == lo + 1`` (every entry in the bracket is tied at ``lo``; the lowest
-  indices among them are kept, :func:`_tie_cut`). If fewer than ``k`` numbers are eligible,
-  all of them are kept and then NaNs in index order.
   """
+  return _select(scores, eligible, k, count_dtype)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("count_dtype",))
+def search_stats(scores, eligible, k, *, count_dtype=jnp.int32) -> dict:
+  """Debug counters of one :func:`top_k` call (for tests and benchmarks).
+
+  ``passes``: full counting passes over all leaves (each counts two candidates);
+  ``tie_reads``: reads of one leaf to place the cut among tied entries (0 or 1);
+  ``small_steps``: bisection steps over row counts and one row (small arrays, not the data).
+  """
+  return _select(scores, eligible, k, count_dtype)[1]
+
+
+def _select(scores, eligible, k, count_dtype):
   dtype = search_dtype([x.dtype for x in scores])
-  xs = [x.astype(dtype) for x in scores]  # fused into each pass; no copy is kept
+  shapes = [x.shape for x in scores]
+  leaves = [(_view(x.astype(dtype)), None if e is None else _view(e))
+            for x, e in zip(scores, eligible)]
   k = jnp.asarray(k, count_dtype)
   kk = jnp.maximum(k, 1)
-  leaves = list(zip(xs, eligible))
-  lo, hi, c_lo, c_hi = _narrow(leaves, kk, *_bracket(leaves, kk, dtype, count_dtype), dtype,
-                               count_dtype)
-  use_nan = c_lo < kk  # c_lo is then the number of eligible non-NaN entries
-  exact = c_lo == kk
-  t_lo, t_hi = _value_of(lo, dtype), _value_of(jnp.where(exact, lo, hi), dtype)
+  lo, hi, c_lo, c_hi, rows_lo, rows_hi, passes = _narrow(leaves, kk, dtype, count_dtype)
+  exact = c_lo <= kk  # keep x >= lo: exactly k entries, or every eligible one if fewer
+  t_hi = jnp.where(exact, lo, hi)
+  wanted = jnp.where(exact, 0, kk - c_hi)
+  cuts, tie_reads, small = _tie_cuts(leaves, rows_lo, rows_hi, wanted, lo, hi, dtype,
+                                     count_dtype)
 
-  def greater(x, e):  # exactly c_hi entries (c_lo if exact, all numbers if use_nan)
-    return _masked(jnp.where(use_nan, ~jnp.isnan(x), x >= t_hi), e)
+  def keep(x, e, cut):
+    tied = _ge(x, e, lo, dtype) & ~_ge(x, e, hi, dtype)
+    return (_ge(x, e, t_hi, dtype) | (tied & _before(x.shape, cut, count_dtype))) & (k > 0)
 
-  def tied(x, e):  # exactly c_lo - c_hi entries unless use_nan
-    return _masked(jnp.where(use_nan, jnp.isnan(x), (x >= t_lo) & ~(x >= t_hi)), e)
-
-  n_greater = jnp.where(use_nan | exact, c_lo, c_hi)
-  n_ties = lax.cond(use_nan, lambda: _count(tied, leaves, count_dtype), lambda: c_lo - n_greater)
-  cut = _tie_cut(tied, leaves, kk - n_greater, n_ties, count_dtype)
-  masks, offset = [], 0
-  for x, e in leaves:
-    keep = greater(x, e) | (tied(x, e) & _before(x.shape, cut - offset, count_dtype))
-    masks.append(keep & (k > 0))
-    offset += int(np.prod(x.shape, dtype=np.int64))
-  return masks
-
-
-_SAMPLE = 4096  # entries of the scores sampled to bracket the threshold
-_Z = 4.0  # half-width of the sample bracket, in standard deviations of the sample estimate
-_PACK_ROW = 4095  # rows up to this length count two thresholds in one float32 pass
-
-
-def _key_range(dtype):
-  """(key of -inf, key of +inf + 1): ``count(>= first)`` is #numbers, ``count(>= last)`` 0."""
-  key_dtype = _key_dtype(dtype)
-  return key_dtype(_key_of(-np.inf, dtype)), key_dtype(_key_of(np.inf, dtype) + 1)
+  masks, token = [], jnp.zeros((), jnp.int32)
+  for (x, e), cut, shape in zip(leaves, cuts, shapes):
+    mask = _xla.after(token, keep, x, e, cut, big=_xla.size(x.shape) >= _xla.BIG)
+    token = _xla.token_of(mask)
+    masks.append(mask.reshape(shape))
+  return masks, {"passes": passes, "tie_reads": tie_reads, "small_steps": small}
 
 
 def _sample(x, e, rate):
@@ -239,71 +172,94 @@ def _sample(x, e, rate):
   return x[index], None if e is None else e[index], float(np.prod(strides))
 
 
-def _bracket(leaves, k, dtype, count_dtype):
-  """Initial ``(lo, hi, count(>= lo), count(>= hi))`` with ``count(>= lo) >= k > count(>= hi)``.
+def _first_candidates(leaves, k, dtype):
+  """Two keys ``a <= b`` from sample quantiles, meant to bracket the k-th largest score.
 
-  The threshold is bracketed by two quantiles of a small strided sample (found by bisection
-  over the sample's keys), then both ends are counted on the full data in one pass. Where the
-  data disagree with the sample, the bracket is widened to the full key range on the failing
-  side; where fewer than ``k`` numbers exist, ``count(>= lo) < k`` is returned (``lo`` = -inf).
+  Bisection over keys on a strided sample for the keys whose scaled sample counts reach
+  ``k +- spread``; nothing here reads the full data (the first pass counts these two keys).
   """
-  bottom, top = _key_range(dtype)
-  total = sum(int(np.prod(x.shape, dtype=np.int64)) for x, _ in leaves)
+  nan_key, top = _key_range(dtype)
+  total = sum(_xla.size(x.shape) for x, _ in leaves)
   samples = [_sample(x, e, min(1.0, _SAMPLE / max(total, 1))) for x, e in leaves]
-  taken = sum(int(np.prod(s.shape, dtype=np.int64)) for s, _, _ in samples)
+  taken = sum(_xla.size(s.shape) for s, _, _ in samples)
   per_entry = total / max(taken, 1)  # full entries per sampled entry
   kf = k.astype(jnp.float32)
   spread = _Z * jnp.sqrt(kf * jnp.maximum(1.0 - kf / total, 0.0) * per_entry) + 2.0 * per_entry
 
-  def estimate(t):  # sampled count(x >= t), scaled to the full data
-    return sum(jnp.sum(_masked(s >= t, e), dtype=jnp.float32) * w for s, e, w in samples)
+  def estimate(key):  # sampled count(x >= key), scaled to the full data
+    return sum(jnp.sum(_ge(s, e, key, dtype), dtype=jnp.float32) * w for s, e, w in samples)
 
   def step(_, bounds):  # bisection for the largest key whose estimate reaches each target
     keys, ends = bounds
     mid = keys + (ends - keys + 1) // 2
-    enough = jnp.stack([estimate(_value_of(m, dtype)) for m in mid]) >= targets
+    enough = jnp.stack([estimate(m) for m in mid]) >= targets
     return jnp.where(enough, mid, keys), jnp.where(enough, ends, mid - 1)
 
-  targets = jnp.stack([kf + spread, kf - spread])
-  start = (jnp.full(2, bottom), jnp.full(2, top - 1))
+  # The bracket starts no wider than the sampled scores: the lower key at most the smallest
+  # sampled number, the upper one at least just above the largest (point masses settle at once).
+  everything = estimate(nan_key + 1)  # sampled numbers, scaled
+  low = jnp.where(kf > everything, kf + spread, jnp.minimum(kf + spread, everything - 0.5 * per_entry))
+  targets = jnp.stack([low,
+                       jnp.maximum(kf - spread, 0.5 * per_entry)])
+  start = (jnp.full(2, nan_key + 1), jnp.full(2, top - 1))
   (g_lo, g_hi), _ = lax.fori_loop(0, _bits(dtype), step, start)
-  g_hi = g_hi + 1  # count(>= g_hi) = count(> quantile)
-  c1, c2 = _count_two(leaves, g_lo, g_hi, dtype, count_dtype)
-  n_valid = lax.cond(c1 >= k, lambda: c1,
-                     lambda: _count(lambda x, e: _masked(~jnp.isnan(x), e), leaves, count_dtype))
-  above, inside = c2 >= k, c1 >= k
-  lo = jnp.where(above, g_hi, jnp.where(inside, g_lo, bottom))
-  hi = jnp.where(above, top, jnp.where(inside, g_hi, g_lo))
-  c_lo = jnp.where(above, c2, n_valid)
-  c_hi = jnp.where(above, 0, jnp.where(inside, c2, c1)).astype(count_dtype)
-  return lo, hi, c_lo, c_hi
+  return g_lo, g_hi + 1  # count(>= g_hi + 1) = count(> quantile)
 
 
-def _narrow(leaves, k, lo, hi, c_lo, c_hi, dtype, count_dtype):
-  """Shrinks the bracket until ``count(>= lo) == k`` or ``hi == lo + 1`` (ties at ``lo``).
+def _count_pass(leaves, a, b, dtype, count_dtype):
+  """Row counts of ``x >= value(a)`` and ``x >= value(b)`` (keys ``a <= b``), leaf by leaf."""
+  rows_a, rows_b, token = [], [], jnp.zeros((), jnp.int32)
 
-  Each step counts two candidate keys in one pass. They are placed around the linear
-  interpolation of the counts between ``lo`` and ``hi`` (keys are linear in the value within
-  a binade), a few standard deviations of a binomial count apart while the bracket holds many
-  entries and closer when few remain. After a step whose candidates missed the threshold the
-  next step splits the bracket in thirds, so the bracket always shrinks geometrically.
+  def count(x, e):
+    return _xla.packed_row_counts(_ge(x, e, a, dtype), _ge(x, e, b, dtype), count_dtype)
+
+  for x, e in leaves:
+    ra, rb = _xla.after(token, count, x, e, big=len(leaves) > 1 and _xla.size(x.shape) >= _xla.BIG)
+    token = token + _xla.token_of(ra)
+    rows_a.append(ra)
+    rows_b.append(rb)
+  return rows_a, rows_b
+
+
+def _total(rows, count_dtype):
+  return sum((jnp.sum(r, dtype=count_dtype) for r in rows), jnp.zeros((), count_dtype))
+
+
+def _narrow(leaves, k, dtype, count_dtype):
+  """Bracket ``lo < hi`` with ``count(>= lo) >= k > count(>= hi)``, narrowed until
+  ``count(>= lo) <= k`` (the mask is ``x >= lo``) or ``hi == lo + 1`` (ties at ``lo``).
+
+  Returns ``(lo, hi, count(>= lo), count(>= hi), rows(>= lo), rows(>= hi), passes)``.
+  Each pass counts two candidates: first the sample's, then keys around the linear
+  interpolation of the counts (keys are linear in the value within a binade), a few standard
+  deviations of a binomial count apart while the bracket holds many entries and closer when few
+  remain. After a pass whose candidates missed the threshold the next one splits the bracket in
+  thirds, so the bracket always shrinks geometrically. ``count(>= lo)`` starts unknown (-1)
+  where some entries are not eligible; the first pass that keeps ``lo`` counts it.
   """
   key_dtype = _key_dtype(dtype)
   real = np.float64 if key_dtype == np.uint64 else np.float32
-  cap = real(np.nextafter(real(2.0**_bits(_key_dtype(dtype))), real(0)))
+  cap = real(np.nextafter(real(2.0**_bits(key_dtype)), real(0)))
+  nan_key, top = _key_range(dtype)
+  first_a, first_b = _first_candidates(leaves, k, dtype)
+  all_eligible = all(e is None for _, e in leaves)
+  total = sum(_xla.size(x.shape) for x, _ in leaves)
+  full_rows = [jnp.full(x.shape[:-1], x.shape[-1], count_dtype) for x, _ in leaves]
+  zero_rows = [jnp.zeros(x.shape[:-1], count_dtype) for x, _ in leaves]
 
-  def not_done(state):
-    lo, hi, c_lo, _, _ = state
-    return (c_lo > k) & (hi - lo > 1)
+  def not_done(s):
+    lo, hi, c_lo = s[0], s[1], s[2]
+    return (c_lo < 0) | ((c_lo > k) & (hi - lo > 1))
 
-  def step(state):
-    lo, hi, c_lo, c_hi, missed = state
+  def step(s):
+    lo, hi, c_lo, c_hi, rows_lo, rows_hi, missed, gap, passes = s
     width = hi - lo
+    known = c_lo >= 0
     n = (c_lo - c_hi).astype(real)
-    p = (c_lo - k).astype(real) / n  # fraction of the bracket's entries below the threshold
+    p = (c_lo - k).astype(real) / jnp.maximum(n, 1)  # fraction of the bracket below the k-th
     spread = jnp.where(n > 64, 3.0, 0.5) * jnp.sqrt(n * p * (1 - p)) + 0.5
     w = width.astype(real)
-    guess, half = p * w, jnp.minimum(spread / n * w, w / 4)
+    guess, half = p * w, jnp.minimum(spread / jnp.maximum(n, 1) * w, w / 4)
 
     def offset(f):
       return jnp.clip(jnp.clip(f, 1, cap).astype(key_dtype), key_dtype(1), width - 1)
@@ -311,41 +267,129 @@ def _narrow(leaves, k, lo, hi, c_lo, c_hi, dtype, count_dtype):
     third = jnp.maximum(width // 3, key_dtype(1))
     a = lo + jnp.where(missed, third, offset(jnp.floor(guess - half)))
     b = lo + jnp.where(missed, jnp.minimum(2 * third, width - 1), offset(jnp.ceil(guess + half)))
-    c_a, c_b = _count_two(leaves, a, b, dtype, count_dtype)
-    up_b, up_a = c_b >= k, c_a >= k  # the threshold is at or above b / a
-    lo, c_lo, hi, c_hi = (jnp.where(up_b, b, jnp.where(up_a, a, lo)),
-                          jnp.where(up_b, c_b, jnp.where(up_a, c_a, c_lo)),
-                          jnp.where(up_b, hi, jnp.where(up_a, b, a)),
-                          jnp.where(up_b, c_hi, jnp.where(up_a, c_b, c_a)))
-    return lo, hi, c_lo, c_hi, ~missed & (up_b | ~up_a)
+    # After a thirds pass that found the middle third empty, a point mass may sit at an end of
+    # the bracket: count both ends (if nothing lies between them, this settles the search).
+    edges = gap & known
+    thirds = missed & ~edges & known & (passes > 0)
+    a, b = jnp.where(edges, lo + 1, a), jnp.where(edges, hi - 1, b)
+    a = jnp.where(known, a, lo)  # count(>= lo) unknown: count it, and split the bracket
+    b = jnp.where(known, b, lo + jnp.maximum(width // 2, key_dtype(1)))
+    a, b = jnp.where(passes == 0, first_a, a), jnp.where(passes == 0, first_b, b)
+    r_a, r_b = _count_pass(leaves, a, b, dtype, count_dtype)
+    c_a, c_b = _total(r_a, count_dtype), _total(r_b, count_dtype)
+    up_b, up_a, at_lo = c_b >= k, c_a >= k, a == lo  # the k-th is at or above b / a
+    pick = lambda if_b, if_a, if_lo, other: jax.tree.map(
+        lambda vb, va, vl, vo: jnp.where(up_b, vb, jnp.where(up_a, va, jnp.where(at_lo, vl, vo))),
+        if_b, if_a, if_lo, other)
+    lo, c_lo, rows_lo = pick((b, c_b, r_b), (a, c_a, r_a), (lo, c_a, r_a), (lo, c_lo, rows_lo))
+    hi, c_hi, rows_hi = pick((hi, c_hi, rows_hi), (b, c_b, r_b), (hi, c_hi, rows_hi),
+                             (a, c_a, r_a))
+    missed = known & (passes > 0) & ~missed & (up_b | ~up_a)
+    gap = thirds & (c_a == c_b)  # the middle third of the bracket held no entry
+    return lo, hi, c_lo, c_hi, rows_lo, rows_hi, missed, gap, passes + 1
 
-  state = lax.while_loop(not_done, step, (lo, hi, c_lo, c_hi, jnp.zeros((), bool)))
-  return state[:4]
+  c_lo = jnp.asarray(total if all_eligible else -1, count_dtype)
+  start = (nan_key, top, c_lo, jnp.zeros((), count_dtype), full_rows, zero_rows,
+           jnp.zeros((), bool), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+  start = (jnp.asarray(nan_key), jnp.asarray(top)) + start[2:]
+  lo, hi, c_lo, c_hi, rows_lo, rows_hi, _, _, passes = lax.while_loop(not_done, step, start)
+  return lo, hi, c_lo, c_hi, rows_lo, rows_hi, passes
 
 
-def _tie_cut(tied, leaves, wanted, n_ties, count_dtype):
-  """Smallest global flat index ``J`` such that ``wanted`` tied entries lie below ``J``.
+def _digits(shape, index, count_dtype):
+  """Row-major coordinates of a flat ``index`` (clipped), and whether it is past the end."""
+  digits, rest = [], index
+  for size in reversed(shape):
+    digits.append(rest % count_dtype(size))
+    rest = rest // count_dtype(size)
+  return digits[::-1], rest > 0
 
-  ``tied(x, e)`` gives a leaf's tie mask (``n_ties`` entries in all); it is recomputed where
-  used, never stored. No search runs when all ties are wanted.
+
+def _before(shape, cut, count_dtype):
+  """``flat_index(entry) < cut`` for every entry, as a lexicographic compare of iotas.
+
+  No index array is built: each dimension compares its iota with one digit of ``cut``.
   """
-  offsets = np.cumsum([0] + [int(np.prod(x.shape, dtype=np.int64)) for x, _ in leaves])
-  indexed = [(x, e, count_dtype(o)) for (x, e), o in zip(leaves, offsets[:-1])]
+  cut = jnp.clip(cut, 0, _xla.size(shape)).astype(count_dtype)
+  digits, overflow = _digits(shape, cut, count_dtype)
+  less, equal = jnp.zeros(shape, bool), jnp.ones(shape, bool)
+  for axis, digit in enumerate(digits):
+    iota = lax.broadcasted_iota(count_dtype, shape, axis)
+    less = less | (equal & (iota < digit))
+    equal = equal & (iota == digit)
+  return less | overflow
 
-  def below(cut):
-    return _count(lambda x, e, o: tied(x, e) & _before(x.shape, cut - o, count_dtype), indexed,
-                  count_dtype)
 
-  def not_done(bounds):
-    return bounds[0] < bounds[1]
+def _at(shape, index, count_dtype):
+  """``flat_index(entry) == index`` for every entry (no index array is built)."""
+  digits, _ = _digits(shape, index.astype(count_dtype), count_dtype)
+  equal = jnp.ones(shape, bool)
+  for axis, digit in enumerate(digits):
+    equal = equal & (lax.broadcasted_iota(count_dtype, shape, axis) == digit)
+  return equal
 
-  def step(bounds):
-    lo, hi = bounds
+
+def _smallest(n, reaches, count_dtype):
+  """Smallest ``m`` in ``[1, n]`` with ``reaches(m)`` (monotone, true at ``n``), and steps."""
+
+  def step(s):
+    lo, hi, steps = s
     mid = lo + (hi - lo) // 2
-    enough = below(mid) >= wanted
-    return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+    ok = reaches(mid)
+    return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi), steps + 1
 
-  end = jnp.asarray(int(offsets[-1]), count_dtype)
-  start = jnp.where(n_ties <= wanted, end, jnp.asarray(0, count_dtype))
-  _, cut = lax.while_loop(not_done, step, (start, end))
-  return cut
+  lo, _, steps = lax.while_loop(lambda s: s[0] < s[1], step,
+                                (jnp.ones((), count_dtype), jnp.asarray(n, count_dtype),
+                                 jnp.zeros((), jnp.int32)))
+  return lo, steps
+
+
+def _tie_cuts(leaves, rows_lo, rows_hi, wanted, lo, hi, dtype, count_dtype):
+  """Per leaf, the local flat index below which its tied entries (keys in ``[lo, hi)``) are kept.
+
+  The ``wanted`` ties with the lowest flat indices are kept, leaf order first. At most one leaf
+  keeps some but not all of its ties; only that leaf is read again, in one reduction.
+  Returns ``(cuts, tie_reads, small_steps)``.
+  """
+  ties = [a - b for a, b in zip(rows_lo, rows_hi)]
+  cuts, before = [], jnp.zeros((), count_dtype)
+  reads, small = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+  for (x, e), t in zip(leaves, ties):
+    n_ties = jnp.sum(t, dtype=count_dtype)
+    w = jnp.clip(wanted - before, 0, n_ties)
+    before = before + n_ties
+    size = _xla.size(x.shape)
+
+    def partial(x, e, t, w):
+      return _leaf_cut(x, e, t, w, lo, hi, dtype, count_dtype)
+
+    def whole(x, e, t, w):
+      return jnp.where(w > 0, size, 0).astype(count_dtype), jnp.zeros((), jnp.int32)
+
+    cut, steps = lax.cond((w > 0) & (w < n_ties), partial, whole, x, e, t, w)
+    cuts.append(cut)
+    reads = reads + ((w > 0) & (w < n_ties)).astype(jnp.int32)
+    small = small + steps
+  return cuts, reads, small
+
+
+def _leaf_cut(x, e, ties, w, lo, hi, dtype, count_dtype):
+  """Local cut of one leaf keeping its first ``w`` tied entries (``ties``: tied count per row)."""
+  rows, length = ties.shape, x.shape[-1]
+  n_rows = _xla.size(rows)
+
+  def rows_below(m):  # tied entries in the first m rows
+    return jnp.sum(jnp.where(_before(rows, m, count_dtype), ties, 0), dtype=count_dtype)
+
+  row_end, row_steps = _smallest(n_rows, lambda m: rows_below(m) >= w, count_dtype)
+  row = row_end - 1
+  need = w - rows_below(row)
+  tied = _ge(x, e, lo, dtype) & ~_ge(x, e, hi, dtype)
+  in_row = tied & _at(rows, row, count_dtype)[..., None]
+  line = jnp.sum(in_row.astype(jnp.float32), axis=tuple(range(x.ndim - 1))).astype(count_dtype)
+
+  def cols_below(m):
+    return jnp.sum(jnp.where(lax.iota(count_dtype, length) < m, line, 0), dtype=count_dtype)
+
+  col_end, col_steps = _smallest(length, lambda m: cols_below(m) >= need, count_dtype)
+  return row * count_dtype(length) + col_end, row_steps + col_steps

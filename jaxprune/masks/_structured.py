@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.core import at_path
-from jaxprune.masks import _plan
+from jaxprune.masks import _plan, _xla
 from jaxprune.masks._counts import keep_count
 from jaxprune.masks._search import top_k
 
@@ -133,15 +133,6 @@ def _reduce(x, axes, reduce):
   return jnp.sqrt(jnp.sum(x * x, axes))
 
 
-def _anchored(mask, like):
-  """``mask`` tied elementwise to ``like`` so sharding propagation gives it ``like``'s layout.
-
-  A broadcast of a reduced (replicated) vector would otherwise come out replicated. ``like * 0``
-  is 0 or NaN, never 1, so the comparison is all True; XLA does not fold it away for floats.
-  """
-  return mask & (like * jnp.zeros((), like.dtype) != jnp.ones((), like.dtype))
-
-
 def _leaf_blocks(leaf, block, reduce):
   x = leaf.score
   if len(block) > x.ndim:
@@ -159,7 +150,7 @@ def _leaf_blocks(leaf, block, reduce):
   eligible = None if leaf.eligible is None else jnp.any(leaf.eligible.reshape(split), inner)
   kept = _keep_top(block_scores, leaf.sparsity, eligible)
   expanded = jnp.broadcast_to(jnp.expand_dims(kept, inner), split).reshape(x.shape)
-  return _anchored(expanded, x) if leaf.eligible is None else expanded & leaf.eligible
+  return _xla.anchored(expanded, x) if leaf.eligible is None else expanded & leaf.eligible
 
 
 def _keep_top(values, sparsity, eligible):
@@ -202,4 +193,4 @@ def _leaf_channels(leaf, axis, reduce):
   eligible = None if leaf.eligible is None else jnp.any(leaf.eligible, other)
   kept = _keep_top(channel_scores, leaf.sparsity, eligible)
   expanded = jnp.broadcast_to(jnp.expand_dims(kept, other), x.shape)
-  return _anchored(expanded, x) if leaf.eligible is None else expanded & leaf.eligible
+  return _xla.anchored(expanded, x) if leaf.eligible is None else expanded & leaf.eligible

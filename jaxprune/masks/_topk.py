@@ -5,10 +5,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.masks import _plan
+from jaxprune.masks import _plan, _search, _xla
 from jaxprune.masks._counts import check_sparsity, keep_count
 from jaxprune.masks._plan import is_scalar_sparsity
-from jaxprune.masks import _search
 
 _NORMALIZERS = ("l1", "l2", "max", "mean")
 
@@ -35,17 +34,23 @@ def topk(scores, sparsity, *, where=None, previous=None):
   ([[True, False], [False, True]], None)
   """
   leaves, treedef = _plan.plan(scores, sparsity, where, previous)
-  chosen = [leaf for leaf in leaves if leaf is not None]
-  kept = iter(_search.in_sequence([lambda leaf=leaf: _leaf_topk(leaf) for leaf in chosen],
-                          [leaf.score.shape for leaf in chosen]))
-  return _plan.unflatten(treedef, [None if leaf is None else next(kept) for leaf in leaves])
+  kept, token = [], jnp.zeros((), jnp.int32)
+  for leaf in leaves:  # one leaf after the other: their temporaries share one buffer
+    if leaf is None:
+      kept.append(None)
+      continue
+    one = lambda score, eligible, s=leaf.sparsity: _leaf_topk(score, s, eligible)
+    mask = _xla.after(token, one, leaf.score, leaf.eligible,
+                      big=_plan.size(leaf.score) >= _xla.BIG)
+    token = _xla.token_of(mask)
+    kept.append(mask)
+  return _plan.unflatten(treedef, kept)
 
 
-def _leaf_topk(leaf: _plan.Leaf):
-  n = _plan.size(leaf.score)
+def _leaf_topk(score, sparsity, eligible):
+  n = _plan.size(score)
   dtype = _plan.count_dtype(n)
-  return _search.top_k([leaf.score], [leaf.eligible], keep_count(n, leaf.sparsity, dtype),
-               count_dtype=dtype)[0]
+  return _search.top_k([score], [eligible], keep_count(n, sparsity, dtype), count_dtype=dtype)[0]
 
 
 def global_topk(scores, sparsity, *, where=None, previous=None, normalize=None):
