@@ -141,7 +141,7 @@ def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int =
   key = None if key is None else check_key(key, name)
   if grow is not None:
     steps = UpdateSteps.of(begin=every if begin is None else begin, every=every, end=end,
-                           context=name)
+                           context=name, check_order=begin is not None)
     fraction = _drop_schedule(drop_fraction, drop_schedule, steps.end, name)
 
   def init_fn(params):

@@ -113,12 +113,14 @@ def prune(score: Callable | None = None, *, sparsity: Any = None, every: int = 1
     sparsity_now, value = sparsity_at(params, state.count)
 
     def recompute(masks):  # on mask-update steps only
-      ok = checks.report(value, None if straight_through else masks, params, state.count)
+      found = checks.problems(value, None if straight_through else masks, params)
       new = select(score(params, **score_args), sparsity_now, where=where,
                    previous=None if straight_through else masks, **select_args)
-      return checks.conform(new, masks, keep=~ok)
+      return checks.conform(new, masks, keep=~found[0]), found
 
-    masks = lax.cond(steps(state.count), recompute, lambda m: m, state.masks)
+    masks, found = lax.cond(steps(state.count), recompute,
+                            lambda m: (m, checks.no_problems(params, m)), state.masks)
+    checks.report(found, value, params, masks, state.count)
     if not straight_through:
       updates = masked_updates(updates, params, masks)
     return updates, PruneState(count=increment(state.count), masks=masks)

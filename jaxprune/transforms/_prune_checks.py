@@ -240,22 +240,39 @@ def update_args(params, state) -> None:
   leaves_like(params, state.masks, name="PruneState.masks")  # clear error on a mismatch
 
 
-def report(value, masks, params, count):
-  """On a mask-update step: whether the sparsity ``value`` is usable (a traced bool).
+def problems(value, masks, params):
+  """On a mask-update step: ``(ok, moved)``, traced bools, for :func:`report`.
 
-  From the host (``jax.debug.callback``, run only when something is wrong): raises when the
-  value is NaN or outside [0, 1] (the step fails with a ``JaxRuntimeError``), and warns
-  (:class:`MisplacedPruneWarning`) when weights pruned by ``masks`` (None: not checked) are no
-  longer exactly 0, i.e. ``prune`` is not the last transform before ``apply_updates``.
+  ``ok``: the sparsity ``value`` is in [0, 1] (not NaN). ``moved``: per masked leaf, whether
+  weights pruned by ``masks`` (None: not checked) are no longer exactly 0.
   """
   value = jnp.asarray(value, jnp.float32)
   ok = (value >= 0) & (value <= 1)
-  paths, p_leaves, _ = flatten_with_paths(params)
+  p_leaves = flatten_with_paths(params)[1]
   m_leaves = [None] * len(p_leaves) if masks is None else leaves_like(params, masks,
                                                                       name="masks")
-  pairs = [(path, m, p) for path, m, p in zip(paths, m_leaves, p_leaves) if m is not None]
-  moved = jnp.stack([jnp.any(~m & (p != 0)) for _, m, p in pairs] or [jnp.bool_(False)])
-  names = [path for path, _, _ in pairs]
+  moved = [jnp.any(~m & (p != 0)) if masks is not None else jnp.bool_(False)
+           for m, p in zip(m_leaves, p_leaves) if m is not None or masks is None]
+  return ok, jnp.stack(moved or [jnp.bool_(False)])
+
+
+def no_problems(params, masks):
+  """What :func:`problems` gives on steps that are not checked."""
+  n = sum(m is not None for m in leaves_like(params, masks, name="masks")) or 1
+  return jnp.bool_(True), jnp.zeros((n,), jnp.bool_)
+
+
+def report(found, value, params, masks, count) -> None:
+  """Raises or warns from the host (``jax.debug.callback``) only when ``found`` shows a problem.
+
+  A sparsity that is NaN or outside [0, 1] raises (the step fails with a ``JaxRuntimeError``);
+  weights pruned before that are no longer 0 warn (:class:`MisplacedPruneWarning`): ``prune``
+  is not the last transform before ``apply_updates``. Called outside the ``lax.cond`` of the
+  mask update: a callback inside it would make XLA copy the masks on every step.
+  """
+  ok, moved = found
+  paths = flatten_with_paths(params)[0]
+  names = [p for p, m in zip(paths, leaves_like(params, masks, name="masks")) if m is not None]
 
   def fail(ok, moved, value, count):
     if not ok:
@@ -273,9 +290,9 @@ def report(value, masks, params, count):
         "applied between calls, or weights are not finite.)", MisplacedPruneWarning,
         stacklevel=2)
 
+  value = jnp.asarray(value, jnp.float32)
   lax.cond(~ok | jnp.any(moved), lambda: jax.debug.callback(fail, ok, moved, value, count),
            lambda: None)
-  return ok
 
 
 class MisplacedPruneWarning(UserWarning):

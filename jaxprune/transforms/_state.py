@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxprune.core import (
     as_mask_leaf, at_path, describe, flatten_with_paths, is_array, leaves_like)
@@ -66,7 +67,8 @@ def masks_of(opt_state):
     The masks pytree (bool arrays where pruned, ``None`` elsewhere).
 
   Raises:
-    ValueError: no jaxprune state is in ``opt_state``.
+    ValueError: no jaxprune state is in ``opt_state``, or a schedule-free state is there too
+      (its evaluation weights would be dense: not supported).
 
   >>> import jax.numpy as jnp, optax, jaxprune
   >>> tx = optax.chain(optax.sgd(0.1), jaxprune.transforms.prune(sparsity=0.5))
@@ -74,6 +76,15 @@ def masks_of(opt_state):
   [[True, True], [True, True]]
   """
   found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=_has_masks) if _has_masks(x)]
+  schedule_free = optax.contrib.ScheduleFreeState
+  if found and any(isinstance(x, schedule_free) for x in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, schedule_free))):
+    raise ValueError(
+        "masks_of: this optimizer state holds a schedule-free state (optax.contrib."
+        "schedule_free*) next to a jaxprune state. Schedule-free optimizers keep a second copy "
+        "of the weights (z) that jaxprune does not mask, so their evaluation weights "
+        "(schedule_free_eval_params) are dense: not supported. Use a standard optimizer with "
+        "jaxprune.prune last in the chain, e.g. optax.chain(optax.adamw(1e-3), prune(...)).")
   if not found:
     seen: list[str] = []
     _state_types(opt_state, seen)

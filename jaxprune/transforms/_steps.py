@@ -28,13 +28,18 @@ class UpdateSteps(NamedTuple):
   end: Any
 
   @classmethod
-  def of(cls, *, begin, every, end, context: str) -> "UpdateSteps":
-    """Checks the three options (static ints, or integer arrays under inject_hyperparams)."""
+  def of(cls, *, begin, every, end, context: str, check_order: bool = True) -> "UpdateSteps":
+    """Checks the three options (static ints, or integer arrays under inject_hyperparams).
+
+    ``end < begin`` is a ``ValueError`` (no mask would ever change) unless ``check_order`` is
+    False (a defaulted ``begin``).
+    """
     every = check_int(every, "every", minimum=1, context=context, arrays=True)
     begin = check_int(begin, "begin", minimum=0, context=context, arrays=True)
     if end is not None:
       end = check_int(end, "end", minimum=0, context=context, arrays=True)
-      if is_static_number(end) and is_static_number(begin) and int(end) < int(begin):
+      if (check_order and is_static_number(end) and is_static_number(begin)
+          and int(end) < int(begin)):
         raise ValueError(f"{context}: end={int(end)} is before begin={int(begin)}; masks would "
                          "never be updated. Use end >= begin, or end=None for no end.")
     return cls(begin, every, end)
