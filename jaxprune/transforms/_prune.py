@@ -29,8 +29,9 @@ mask-update step, ``prune`` also checks that the weights it pruned before are st
 if not, it was not the last transform of the chain (``chain(prune(...), adamw(...))``), or it
 is wrapped by an optimizer that moves the weights itself (``schedule_free(chain(..., prune))``,
 ``lookahead``), and it warns, saying so (``MisplacedPruneWarning``; make it an error with
-``warnings.simplefilter("error", jaxprune.transforms.MisplacedPruneWarning)``). Schedule-free optimizers keep a
-second, dense copy of the weights: they are not supported (see :func:`masks_of`).
+``warnings.simplefilter("error", jaxprune.transforms.MisplacedPruneWarning)``).
+Schedule-free optimizers keep a second, dense copy of the weights: they are not supported
+(:func:`masks_of` refuses their states).
 
 **Straight-through.** With ``straight_through=True`` the updates are not masked: the dense
 weights keep training, the masks are recomputed from them on every update step (without
@@ -113,7 +114,7 @@ def prune(score: Callable | None = None, *, sparsity: Any = None, every: int = 1
     sparsity_now, value = sparsity_at(params, state.count)
 
     def recompute(masks):  # on mask-update steps only
-      found = checks.problems(value, None if straight_through else masks, params)
+      found = checks.problems(value, masks, params, moved=not straight_through)
       new = select(score(params, **score_args), sparsity_now, where=where,
                    previous=None if straight_through else masks, **select_args)
       return checks.conform(new, masks, keep=~found[0]), found

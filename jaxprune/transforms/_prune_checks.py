@@ -240,20 +240,19 @@ def update_args(params, state) -> None:
   leaves_like(params, state.masks, name="PruneState.masks")  # clear error on a mismatch
 
 
-def problems(value, masks, params):
+def problems(value, masks, params, *, moved: bool = True):
   """On a mask-update step: ``(ok, moved)``, traced bools, for :func:`report`.
 
   ``ok``: the sparsity ``value`` is in [0, 1] (not NaN). ``moved``: per masked leaf, whether
-  weights pruned by ``masks`` (None: not checked) are no longer exactly 0.
+  weights pruned by ``masks`` are no longer exactly 0 (all False when ``moved=False``).
   """
   value = jnp.asarray(value, jnp.float32)
   ok = (value >= 0) & (value <= 1)
-  p_leaves = flatten_with_paths(params)[1]
-  m_leaves = [None] * len(p_leaves) if masks is None else leaves_like(params, masks,
-                                                                      name="masks")
-  moved = [jnp.any(~m & (p != 0)) if masks is not None else jnp.bool_(False)
-           for m, p in zip(m_leaves, p_leaves) if m is not None or masks is None]
-  return ok, jnp.stack(moved or [jnp.bool_(False)])
+  pairs = [(m, p) for m, p in zip(leaves_like(params, masks, name="masks"),
+                                  flatten_with_paths(params)[1]) if m is not None]
+  if not moved:
+    return ok, no_problems(params, masks)[1]
+  return ok, jnp.stack([jnp.any(~m & (p != 0)) for m, p in pairs] or [jnp.bool_(False)])
 
 
 def no_problems(params, masks):
