@@ -1,4 +1,4 @@
-"""apply_masks, summary, allocation and first-order scores."""
+"""apply_masks, summary and first-order scores (allocation: tests/allocate)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxprune
-from jaxprune import allocate, summary
+from jaxprune import summary
 
 
 def test_apply_masks_exact_zeros_even_for_inf_and_nan():
@@ -49,36 +49,6 @@ def test_summary_plot_writes_png(tmp_path):
   fig = summary.plot({"w": jnp.zeros((2, 2))}, path=tmp_path / "s.png")
   assert (tmp_path / "s.png").stat().st_size > 0
   assert fig is not None
-
-
-def test_erk_matches_total_and_makes_small_layers_dense():
-  params = {"tiny": np.zeros((2, 2)), "mid": np.zeros((32, 32)), "big": np.zeros((256, 256))}
-  alloc = allocate.erk(params, 0.95)
-  assert alloc["tiny"] == 0.0
-  assert alloc["big"] > alloc["mid"] > 0
-  kept = sum((1 - alloc[k]) * params[k].size for k in params)
-  total = sum(x.size for x in params.values())
-  assert kept / total == pytest.approx(0.05, rel=1e-9)
-
-
-def test_erk_reference_formula():
-  params = {"a": np.zeros((10, 20)), "b": np.zeros((3, 3, 4, 8))}
-  alloc = allocate.erk(params, 0.8)
-  ratio = {k: sum(v.shape) / v.size for k, v in params.items()}
-  eps = 0.2 * sum(v.size for v in params.values()) / sum(ratio[k] * params[k].size for k in params)
-  for k in params:
-    assert 1 - alloc[k] == pytest.approx(eps * ratio[k])
-
-
-def test_custom_and_uniform():
-  params = {"embed": np.zeros((8, 4)), "dense": np.zeros((4, 4)), "bias": np.zeros(4)}
-  assert allocate.uniform(params, 0.5) == {"embed": 0.5, "dense": 0.5, "bias": None}
-  got = allocate.custom(params, {"emb": 0.2, ".*": 0.7})
-  assert got == {"embed": 0.2, "dense": 0.7, "bias": None}
-  with pytest.raises(ValueError, match="matched no selected leaf"):
-    allocate.custom(params, {"decoder": 0.5})
-  with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
-    allocate.uniform(params, 1.5)
 
 
 def test_first_order_scores_against_hand_values():

@@ -8,6 +8,6 @@ leaf and ``None`` for the others; pass it as ``sparsity=`` to :mod:`jaxprune.mas
 {'b': None, 'w': 0.5}
 """
 
-from jaxprune.allocate._allocate import custom, erk, fraction_kept, uniform
+from jaxprune.allocate._allocate import custom, erk, uniform
 
-__all__ = ["custom", "erk", "fraction_kept", "uniform"]
+__all__ = ["custom", "erk", "uniform"]

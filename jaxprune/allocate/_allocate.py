@@ -1,7 +1,9 @@
-"""Per-leaf sparsities from one target: uniform, Erdős–Rényi-kernel (ERK), custom by regex."""
+"""Per-leaf sparsities from one target: uniform, Erdős–Rényi-kernel (ERK), custom by regex.
+
+Zero-size leaves are ignored (``None``) by every allocation.
+"""
 
 from __future__ import annotations
-
 
 import numpy as np
 
@@ -18,8 +20,15 @@ def _static_sparsity(sparsity, name="sparsity") -> float:
 
 
 def _selected(params, where):
+  """Paths, leaves, treedef and the leaves allocated: selected by ``where`` and not empty.
+
+  Zero-size leaves are never allocated a sparsity (None): they hold nothing to prune, and
+  their ERK ratio ``sum(shape) / prod(shape)`` would be a division by zero.
+  """
   paths, leaves, treedef = flatten_with_paths(params)
-  return paths, leaves, treedef, filters.select(params, where)
+  chosen = [c and int(np.prod(np.shape(x))) > 0
+            for c, x in zip(filters.select(params, where), leaves)]
+  return paths, leaves, treedef, chosen
 
 
 def uniform(params, sparsity: float, *, where=None):
@@ -119,18 +128,3 @@ def custom(params, rules: dict, *, default=None, where=None):
     raise ValueError(f"custom: pattern(s) {unused} matched no selected leaf. Selected paths: "
                      f"{listing(seen)}. Fix the pattern or widen where=.")
   return treedef.unflatten(out)
-
-
-def fraction_kept(params, sparsities) -> float:
-  """Overall density implied by per-leaf sparsities (for checks and reports)."""
-  _, leaves, _ = flatten_with_paths(params)
-  values = flatten_with_paths(sparsities, is_leaf=lambda x: x is None)[1]
-  total = kept = 0.0
-  for x, s in zip(leaves, values):
-    if s is not None:
-      n = float(np.prod(x.shape))
-      total += n
-      kept += n - round(s * n)
-  return kept / total if total else 1.0
-
-

@@ -1,29 +1,42 @@
-"""Shared core of jaxprune: pytree paths, tree alignment, errors, common types.
+"""Shared core of jaxprune: pytree paths, tree alignment, errors, argument checks, placement.
 
 Every area (``scores``, ``masks``, ``allocate``, ``schedules``, ``transforms``, ...) builds on
-these helpers; they import nothing else from jaxprune.
+these helpers; they import nothing else from jaxprune. What several areas need lives here
+(or is public in its area): no area imports another area's private module.
 """
 
+from jaxprune.core._checks import Keywords, at_least_f32, check_int, check_key, count_dtype
 from jaxprune.core._errors import at_path, describe, listing
-from jaxprune.core._masks import as_mask_leaf
-from jaxprune.core._paths import flatten_with_paths, path_to_str, tree_paths
+from jaxprune.core._masks import as_mask_leaf, mask_leaves
+from jaxprune.core._paths import flatten_with_paths, key_to_str, path_to_str, tree_paths
+from jaxprune.core._placement import mesh_of, replicated_like, sharded_like
 from jaxprune.core._sparsity import check_sparsity, is_static_number
 from jaxprune.core._trees import (
     check_same_shape, is_array, is_floating, leaves_like, map_arrays)
 
 __all__ = [
+    "Keywords",
     "as_mask_leaf",
+    "at_least_f32",
     "at_path",
+    "check_int",
+    "check_key",
     "check_same_shape",
+    "count_dtype",
     "check_sparsity",
     "describe",
     "flatten_with_paths",
     "is_array",
     "is_floating",
     "is_static_number",
+    "key_to_str",
     "leaves_like",
     "listing",
     "map_arrays",
+    "mask_leaves",
+    "mesh_of",
     "path_to_str",
+    "replicated_like",
+    "sharded_like",
     "tree_paths",
 ]

@@ -10,10 +10,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxprune.core._errors import at_path, describe
-from jaxprune.core._trees import is_array
+from jaxprune.core._paths import flatten_with_paths
+from jaxprune.core._trees import is_array, leaves_like
 
 
-def as_mask_leaf(path: str, mask, like, *, what: str = "masks"):
+def as_mask_leaf(path: str, mask, like, *, what: str = "masks", like_name: str = "params"):
   """Returns ``mask`` as a bool array after checking it fits the array leaf ``like``.
 
   Args:
@@ -21,23 +22,41 @@ def as_mask_leaf(path: str, mask, like, *, what: str = "masks"):
     mask: a bool array (True = kept) or any numeric array (non-zero = kept).
     like: the param (or score) leaf the mask belongs to.
     what: the argument's name, for messages.
+    like_name: what ``like`` is (``"params"``, ``"scores"``), for messages.
 
   >>> import jax.numpy as jnp
   >>> as_mask_leaf("w", jnp.array([0.0, 2.0]), jnp.ones(2)).tolist()
   [False, True]
   """
   if not is_array(like):
-    raise TypeError(f"{what} at {at_path(path)} is a mask but the leaf there is not an array: "
-                    f"got {describe(like)}. Use None in {what} for leaves that are not pruned.")
+    raise TypeError(f"{what} at {at_path(path)} is a mask but {like_name} there are not an "
+                    f"array: got {describe(like)}. Use None in {what} for leaves that are not "
+                    "pruned.")
   if not is_array(mask):
     raise TypeError(f"{what} at {at_path(path)} must be a bool array (True = kept) or None; "
                     f"got {describe(mask)}.")
   if tuple(mask.shape) != tuple(like.shape):
     raise ValueError(
-        f"{what} at {at_path(path)} has shape {tuple(mask.shape)} but the leaf there has shape "
-        f"{tuple(like.shape)}. Build the masks from these params (e.g. jaxprune.masks.topk of "
-        "their scores).")
+        f"{what} at {at_path(path)} has shape {tuple(mask.shape)} but {like_name} there have "
+        f"shape {tuple(like.shape)}. Build the masks from these params (e.g. "
+        "jaxprune.masks.topk of their scores).")
   if jnp.issubdtype(mask.dtype, jnp.complexfloating):
     raise TypeError(f"{what} at {at_path(path)} must be a bool array (True = kept); got "
                     f"{describe(mask)}. Convert it with mask != 0.")
   return jnp.asarray(mask) if mask.dtype == jnp.bool_ else jnp.asarray(mask) != 0
+
+
+def mask_leaves(params, masks, *, what: str = "masks") -> list:
+  """``masks`` aligned to the leaves of ``params``: a bool array or ``None`` per leaf.
+
+  Each mask goes through :func:`as_mask_leaf` (the one rule: bool, or non-zero = kept); a
+  tree that does not align with ``params`` raises a ``ValueError`` naming the paths.
+
+  >>> import jax.numpy as jnp
+  >>> mask_leaves({"w": jnp.ones(2), "b": jnp.ones(1)}, {"w": jnp.array([1, 0]), "b": None})
+  [None, Array([ True, False], dtype=bool)]
+  """
+  paths, leaves, _ = flatten_with_paths(params)
+  aligned = leaves_like(params, masks, name=what)
+  return [None if m is None else as_mask_leaf(p, m, x, what=what)
+          for p, x, m in zip(paths, leaves, aligned)]

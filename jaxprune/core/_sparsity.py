@@ -26,6 +26,13 @@ def check_sparsity(s, path: str, name: str = "sparsity"):
   """Validates one sparsity value; returns a Python float when static, else the 0-d array."""
   if isinstance(s, bool) or (hasattr(s, "dtype") and s.dtype == bool):
     raise TypeError(f"{name} at {at_path(path)} must be a float in [0, 1]; got a bool {s!r}.")
+  if isinstance(s, complex) or (hasattr(s, "dtype") and jnp.issubdtype(s.dtype,
+                                                                       jnp.complexfloating)):
+    raise TypeError(f"{name} at {at_path(path)} must be a real float in [0, 1]; got a complex "
+                    f"number {s!r}. Use e.g. 0.9 for 90% zeros.")
+  if isinstance(s, str):
+    raise TypeError(f"{name} at {at_path(path)} must be a float in [0, 1]; got the string "
+                    f"{s!r}. Use e.g. 0.9 for 90% zeros.")
   if is_static_number(s):
     value = float(s)
     if not 0.0 <= value <= 1.0:  # also rejects NaN

@@ -57,7 +57,7 @@ def polynomial(final: float, begin: int, end: int, initial: float = 0.0,
   default ``power=3`` most weights are pruned early, while the network is still redundant.
 
   Args:
-    final: sparsity reached at ``end``, in [0, 1].
+    final: sparsity reached at ``end``, in [0, 1], ``>= initial``.
     begin: first step of the ramp.
     end: step where ``final`` is reached (``end > begin``).
     initial: sparsity at ``begin`` (default 0).
@@ -77,6 +77,10 @@ def polynomial(final: float, begin: int, end: int, initial: float = 0.0,
   if end <= begin:
     raise ValueError(f"polynomial: end must be > begin (the ramp needs at least one step); got "
                      f"begin={begin}, end={end}.")
+  if final < initial:
+    raise ValueError(f"polynomial: final={final} is below initial={initial}; a decreasing "
+                     "sparsity cannot be followed (pruned weights stay pruned). Use "
+                     "final >= initial.")
   if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
     raise ValueError(f"polynomial: power must be a number > 0 (3 in Zhu & Gupta); got {power!r}.")
   power = float(power)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxprune.core import describe, is_array
+from jaxprune.core import check_key as core_check_key, describe, is_array
 from jaxprune.scores import _hessian as h
 
 F32 = jnp.float32
@@ -112,12 +112,11 @@ def default_batch() -> int:
   return 1 if jax.default_backend() == "cpu" else _ACCELERATOR_BATCH
 
 
-def check_key(key, where: str) -> None:
+def check_key(key, where: str):
+  """``core.check_key``, with the ``ValueError`` for a missing key that callers expect."""
   if key is None:
     raise ValueError(f"{where} draws random probes and needs key=, e.g. key=jax.random.key(0).")
-  if not (is_array(key) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                               or key.dtype == jnp.uint32)):
-    raise TypeError(f"{where}: key must be a jax.random key; got {describe(key)}.")
+  return core_check_key(key, where)
 
 
 def rademacher(key, like):

@@ -5,12 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxprune.core import check_same_shape, describe, at_path, map_arrays
-
-
-def _float(x):
-  """At least float32 for products (bf16/f16 products underflow), floats kept as they are."""
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+from jaxprune.core import at_least_f32 as _float, at_path, check_key, check_same_shape, describe
+from jaxprune.core import map_arrays
 
 
 def magnitude(params):
@@ -28,12 +24,13 @@ def random(params, key):
 
   Args:
     params: pytree of arrays.
-    key: a ``jax.random`` key.
+    key: a ``jax.random`` key (or an int seed).
 
   >>> import jax
   >>> random({"w": jax.numpy.ones((2, 2))}, jax.random.key(0))["w"].shape
   (2, 2)
   """
+  key = check_key(key, "jaxprune.scores.random")
   index = iter(range(len(jax.tree.leaves(params))))
 
   def draw(path, w):

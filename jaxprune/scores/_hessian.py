@@ -10,14 +10,15 @@ differentiated; other leaves (ints, None, Python scalars) are held fixed and com
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.core import at_path, describe, flatten_with_paths, is_array, is_floating, leaves_like
+from jaxprune.core import (
+    at_least_f32, at_path, check_int, describe, flatten_with_paths, is_array, is_floating,
+    leaves_like)
 
 F32 = jnp.float32
 
@@ -61,10 +62,6 @@ class Split:
   @property
   def diff(self) -> list:
     return [self.leaves[i] for i in self.index]
-
-  @property
-  def diff_paths(self) -> list:
-    return [self.paths[i] for i in self.index]
 
   def rebuild(self, diff) -> Any:
     """``params`` with the floating leaves replaced by ``diff``."""
@@ -184,15 +181,11 @@ def check_model(model: ModelLoss, s: Split, args, fn_name: str) -> None:
 
 
 def check_positive_int(value, name: str, fn_name: str, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
-    raise TypeError(f"{fn_name}: {name} must be a Python int >= {minimum}; got {value!r}.")
-  if value < minimum:
-    raise ValueError(f"{fn_name}: {name} must be >= {minimum}; got {value}. E.g. {name}=16.")
-  return int(value)
+  """``core.check_int`` with this module's argument order (kept for its callers)."""
+  return check_int(value, name, minimum=minimum, context=fn_name)
 
 
-def as_f32(x):
-  return x.astype(jnp.promote_types(x.dtype, F32))
+as_f32 = at_least_f32  # the one float-cast helper, from core
 
 
 def hvp(loss_fn, params, vector, *args):

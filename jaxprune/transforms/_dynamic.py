@@ -1,27 +1,27 @@
 """Sparse training from step 0: RigL, SET (sparse evolution) and static sparse training.
 
-Each is an optax ``GradientTransformationExtraArgs`` that **wraps** an inner optimizer:
-``tx = jaxprune.rigl(optax.adam(1e-3), sparsity=0.9, every=100, end=7500, key=key)``.
-Call ``tx.update(grads, state, params)`` with the raw (dense) gradients of the loss of the
-sparse params, as for any optax optimizer. The state is a :class:`SparseTrainState` whose
-``masks`` field holds the current masks (``jaxprune.masks_of`` finds it).
+One factory, :func:`sparse_training`, wraps an inner optimizer; the strategies differ only in
+the ``grow`` score: ``tx = jaxprune.rigl(optax.adam(1e-3), sparsity=0.9, every=100,
+end=7500, key=key)``. Call ``tx.update(grads, state, params)`` with the raw (dense) gradients
+of the loss of the sparse params, as for any optax optimizer. The state is a
+:class:`SparseTrainState` whose ``masks`` field holds the current masks (``jaxprune.masks_of``
+finds it).
 
 What happens at every update:
 
 1. The incoming gradients are masked (inactive entries get 0) before the inner optimizer sees
    them, so the inner state of inactive weights keeps its initial value (0 for moments).
-2. On mask-update steps (0-based update index ``t`` a positive multiple of ``every`` with
-   ``begin <= t < end``; inside ``lax.cond``, so other steps do not compute it), for every masked
-   leaf with ``k`` active entries: ``d = round(drop_fraction(t) * k)`` (clipped to the inactive
-   count) active weights of smallest magnitude are dropped and ``d`` inactive ones are grown,
-   RigL: largest dense-gradient magnitude, SET: uniformly at random. Weights dropped at this
-   step are not candidates for growth. Per-leaf active counts never change.
-3. The inner state of every entry that changed (grown or dropped) is reset, in every
-   params-like sub-tree of the inner state, to the value a freshly initialised inner optimizer
-   holds there (``inner.init(params)``: 0 for Adam's ``mu``/``nu``, momentum traces, Lion's
-   ``mu``, ``MultiSteps``' accumulated gradients; the initial accumulator for adagrad); see
-   :func:`reset_optimizer_state`. This needs no list of known optimizers: it works for adam,
-   adamw, lion, sgd with momentum, chains, ``optax.MultiSteps``, ``inject_hyperparams``, ...
+2. On mask-update steps (``begin <= t <= end``, ``(t - begin) % every == 0`` for the step
+   count ``t``, as everywhere in :mod:`jaxprune.transforms`; ``begin`` defaults to ``every``:
+   the initial mask is step 0's), inside ``lax.cond``, for every masked leaf with ``k`` active
+   entries: ``d = round(drop_fraction(t) * k)`` (clipped to the inactive count) active weights
+   of smallest magnitude are dropped and the ``d`` inactive ones of highest ``grow`` score are
+   grown (RigL: dense-gradient magnitude; SET: uniform random). Weights dropped at this step
+   are not candidates for growth. Per-leaf active counts never change.
+3. The inner state of every entry that changed is reset to its value in a freshly initialised
+   inner state, in every per-parameter copy the inner optimizer keeps (found by optax's
+   param-shaped traversal; :func:`jaxprune.reset_optimizer_state`): adam, lion, sgd with
+   momentum, adagrad, adafactor, chains, ``optax.masked``, ``optax.MultiSteps``, ...
 4. The returned updates are the inner updates on entries active before and after the step and
    ``-params`` elsewhere, so ``optax.apply_updates(params, updates)`` leaves every inactive
    weight (dropped ones included) exactly 0 and every grown weight starts at exactly 0.
@@ -29,6 +29,17 @@ What happens at every update:
 The initial params need not be sparse: the first update zeroes the inactive weights. To train
 the sparse network from the very first forward pass, sparsify them yourself once:
 ``params = jaxprune.apply_masks(params, jaxprune.masks_of(state))``.
+
+>>> import jax, jax.numpy as jnp, optax
+>>> params = {"w": jax.random.normal(jax.random.key(0), (8, 8))}
+>>> tx = rigl(optax.adam(1e-2), 0.75, every=2, end=10, allocate="uniform", key=0)
+>>> state = tx.init(params)
+>>> for _ in range(4):
+...   grads = jax.grad(lambda p: jnp.sum(jnp.sin(p["w"]) * 3.0))(params)
+...   updates, state = tx.update(grads, state, params)
+...   params = optax.apply_updates(params, updates)
+>>> int(state.masks["w"].sum()), int((params["w"] != 0).sum())
+(16, 16)
 """
 
 from __future__ import annotations
@@ -44,30 +55,25 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxprune import allocate as _allocate
-from jaxprune import filters
-from jaxprune import scores as _scores
+from jaxprune import allocate as allocate_lib, filters, masks as masks_lib, scores as scores_lib
 from jaxprune.core import (
-    at_path, check_sparsity, describe, flatten_with_paths, is_array, is_static_number,
-    leaves_like)
-from jaxprune.masks import topk
-from jaxprune.masks._plan import count_dtype
-from jaxprune.masks._search import top_k
+    at_path, check_key, check_sparsity, count_dtype, describe, flatten_with_paths, is_array,
+    is_static_number, leaves_like, mask_leaves, replicated_like, sharded_like)
 from jaxprune.transforms._reset import reset_optimizer_state
-from jaxprune.transforms._state import masked_update_leaf, mesh_of, placed_like
+from jaxprune.transforms._state import masked_update_leaf
+from jaxprune.transforms._steps import UpdateSteps
 
-_ALLOCATIONS = {"erk": _allocate.erk, "uniform": _allocate.uniform}
-_DROP_SCHEDULES = ("cosine", "constant")
+_ALLOCATIONS = {"erk": allocate_lib.erk, "uniform": allocate_lib.uniform}
 
 
 class SparseTrainState(NamedTuple):
-  """State of :func:`rigl`, :func:`sparse_evolution` and :func:`static_sparse`.
+  """State of :func:`sparse_training` (:func:`rigl`, :func:`sparse_evolution`, ...).
 
   Attributes:
     count: int32 scalar, the number of updates done so far.
     masks: pytree like params: a bool array per masked leaf (True = active), ``None`` elsewhere.
-    key: the PRNG key for random growth (SET), split at every mask update; ``None`` when the
-      transform needs no randomness after ``init``.
+    key: the PRNG key given to ``grow``, split at every mask update; ``None`` without a key or
+      without mask updates (static sparse training).
     inner_state: the state of the wrapped optimizer.
   """
 
@@ -77,64 +83,139 @@ class SparseTrainState(NamedTuple):
   inner_state: Any
 
 
-def rigl(inner, sparsity=None, *, every: int = 100, end: int | None = None,
-         drop_fraction: float = 0.3, drop_schedule=None, begin: int = 0,
-         allocate="erk", where=None, key=None, masks=None
-         ) -> optax.GradientTransformationExtraArgs:
-  """RigL (Evci et al., 2020): drop by magnitude, grow by dense-gradient magnitude.
+def grow_by_gradient(params, *, grads, key):
+  """RigL's growth score: the dense-gradient magnitude ``|grads|`` (float32 or wider)."""
+  del key  # deterministic
+  return scores_lib.gradient(params, grads)
+
+
+def grow_at_random(params, *, grads, key):
+  """SET's growth score: uniform random numbers from ``key``."""
+  del grads  # random
+  return scores_lib.random(params, key)
+
+
+def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int = 100,
+                    begin: int | None = None, end: int | None = None,
+                    drop_fraction: float = 0.3, drop_schedule=None, allocate="erk",
+                    where=None, key=None, masks=None, name: str = "sparse_training"
+                    ) -> optax.GradientTransformationExtraArgs:
+  """Dynamic (or, with ``grow=None``, static) sparse training around ``inner``.
 
   Args:
-    inner: the optimizer to wrap: any optax ``GradientTransformation`` (chains included) or an
-      ``optax.MultiSteps`` object.
-    sparsity: target sparsity, one float spread over the leaves selected by ``where`` with
-      ``allocate``, or a pytree of float|None per leaf (e.g. from :mod:`jaxprune.allocate`).
-    every: steps between mask updates.
-    end: the first step at which masks no longer change (RigL uses 75% of training); required
-      with the default cosine drop schedule.
+    inner: any optax ``GradientTransformation`` (chains included) or ``optax.MultiSteps``.
+    sparsity: one float spread over the leaves selected by ``where`` with ``allocate``, or a
+      pytree of float|None per leaf (e.g. from :mod:`jaxprune.allocate`).
+    grow: ``grow(params, *, grads, key) -> scores`` (higher = grown first; ``grads`` is the
+      ``grads=`` extra or the incoming updates), e.g. :func:`grow_by_gradient`; ``None``: the
+      masks never change.
+    every, begin, end: mask-update steps; ``begin`` defaults to ``every``; ``end`` (inclusive)
+      is required with the default cosine drop schedule (RigL uses 75% of training).
     drop_fraction: fraction of each leaf's active weights replaced at the first mask update.
-    drop_schedule: how the drop fraction evolves with the step ``t``: ``None``/``"cosine"``
-      (``drop_fraction * (1 + cos(pi * t / end)) / 2``, as in RigL), ``"constant"``, or a
-      callable ``step -> fraction`` (an optax schedule; ``drop_fraction`` is then unused).
-    begin: no mask update before this step.
-    allocate: how a float ``sparsity`` is spread over leaves: ``"erk"`` (default, as in RigL),
+    drop_schedule: ``None``/``"cosine"`` (``drop_fraction * (1 + cos(pi * t / end)) / 2``, as
+      in RigL), ``"constant"``, or a callable ``step -> fraction`` (then ``drop_fraction`` is
+      unused).
+    allocate: how a float ``sparsity`` is spread: ``"erk"`` (default, as in RigL),
       ``"uniform"``, or a callable ``(params, sparsity, where=...) -> pytree``.
     where: which leaves are sparse when ``sparsity`` is a float (default: ``ndim >= 2``).
-    key: PRNG key (or int seed) for the random initial mask; not needed with ``masks``.
-    masks: initial masks (pytree like params, bool arrays or None) instead of a random mask
-      at ``sparsity``.
+    key: PRNG key (or int seed) for the random initial mask and for ``grow``; not needed with
+      ``masks`` and a deterministic ``grow``.
+    masks: initial masks (bool, or non-zero = active; None where dense) instead of a random
+      mask at ``sparsity``.
+    name: the name used in error messages.
 
   Returns:
-    An optax ``GradientTransformationExtraArgs`` with :class:`SparseTrainState`. Its ``update``
-    grows by the magnitude of the incoming updates (the raw dense gradients when ``rigl`` gets
-    them first, as usual), or of ``grads=`` when that extra argument is given. Other extra
-    arguments are passed to ``inner``.
-
-  >>> import jax, jax.numpy as jnp, optax
-  >>> params = {"w": jax.random.normal(jax.random.key(0), (8, 8))}
-  >>> tx = rigl(optax.adam(1e-2), 0.75, every=2, end=10, allocate="uniform", key=0)
-  >>> state = tx.init(params)
-  >>> for _ in range(4):
-  ...   grads = jax.grad(lambda p: jnp.sum(jnp.sin(p["w"]) * 3.0))(params)
-  ...   updates, state = tx.update(grads, state, params)
-  ...   params = optax.apply_updates(params, updates)
-  >>> int(state.masks["w"].sum()), int((params["w"] != 0).sum())
-  (16, 16)
+    An optax ``GradientTransformationExtraArgs`` with :class:`SparseTrainState`. Extra
+    arguments of its ``update`` are passed to ``inner``.
   """
-  return _sparse_training(inner, sparsity, grow="gradient", every=every, end=end,
-                          drop_fraction=drop_fraction, drop_schedule=drop_schedule,
-                          begin=begin, allocate=allocate, where=where, key=key, masks=masks,
-                          name="rigl")
+  inner = _as_transformation(inner, name)
+  if (sparsity is None) == (masks is None):
+    raise ValueError(f"{name}: give exactly one of sparsity= (a float or a pytree of float|None "
+                     f"per leaf) and masks= (initial masks); got "
+                     f"{'both' if masks is not None else 'neither'}.")
+  alloc = _check_allocate(allocate, name)
+  if masks is None and key is None:
+    raise TypeError(f"{name} draws a random initial mask and needs key= (a jax.random.key or "
+                    f"an int seed), e.g. {name}(inner, 0.9, key=jax.random.key(0)); or pass "
+                    "masks=.")
+  key = None if key is None else check_key(key, name)
+  if grow is not None:
+    steps = UpdateSteps.of(begin=every if begin is None else begin, every=every, end=end,
+                           context=name, check_order=begin is not None)
+    fraction = _drop_schedule(drop_fraction, drop_schedule, steps.end, name)
+
+  def init_fn(params):
+    if masks is not None:
+      initial = mask_leaves(params, masks, what="masks")
+      if all(m is None for m in initial):
+        raise ValueError(f"{name}: masks are None at every leaf: nothing is sparse. Give a bool "
+                         "array for each sparse leaf, e.g. from jaxprune.masks.topk.")
+      initial = jax.tree.structure(params).unflatten(initial)
+    else:
+      initial = _random_masks(params, sparsity, alloc, where, key)
+    _, p_leaves, treedef = flatten_with_paths(params)
+    initial = treedef.unflatten([None if m is None else sharded_like(m, p) for m, p in zip(
+        leaves_like(params, initial, name="masks"), p_leaves)])
+    state_key = None if grow is None else key
+    return replicated_like(SparseTrainState(jnp.zeros([], jnp.int32), initial, state_key,
+                                            inner.init(params)), params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(f"{name}.update needs params (it drops weights by magnitude and zeroes "
+                       "inactive ones): call tx.update(grads, state, params).")
+    _, p_leaves, treedef = flatten_with_paths(params)
+    old = leaves_like(params, state.masks, name="state.masks")
+    u_leaves = _aligned(params, old, updates, "updates", name)
+    inner_updates, inner_state = inner.update(
+        treedef.unflatten([u if m is None else jnp.where(m, u, jnp.zeros((), u.dtype))
+                           for u, m in zip(u_leaves, old)]),
+        state.inner_state, params, **extra_args)
+    new_masks, new_key = state.masks, state.key
+    if grow is not None:
+      grads = treedef.unflatten(_aligned(params, old, extra_args.get("grads", updates), "grads",
+                                         name))
+
+      def change(operands):  # on mask-update steps only
+        masks, key = operands
+        key, sub = (None, None) if key is None else jax.random.split(key)
+        scores = grow(params, grads=grads, key=sub)
+        drop = jnp.clip(jnp.asarray(fraction(state.count), jnp.float32), 0.0, 1.0)
+        return _drop_and_grow(params, masks, scores, drop), key
+
+      new_masks, new_key = lax.cond(steps(state.count), change, lambda operands: operands,
+                                    (state.masks, state.key))
+      # Only the masks go through the conditional: the reset is elementwise and fuses with
+      # the inner update (a conditional over the whole inner state would copy it).
+      changed = [None if m is None else m != n
+                 for m, n in zip(old, leaves_like(params, new_masks, name="masks"))]
+      inner_state = reset_optimizer_state(inner, inner_state, params,
+                                          treedef.unflatten(changed))
+    new = leaves_like(params, new_masks, name="masks")
+    out = [u if m is None else masked_update_leaf(u, p, m & n) for u, p, m, n in zip(
+        leaves_like(params, inner_updates, name="inner updates"), p_leaves, old, new)]
+    count = optax.safe_int32_increment(state.count)
+    return treedef.unflatten(out), SparseTrainState(count, new_masks, new_key, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def sparse_evolution(inner, sparsity=None, *, every: int = 100, end: int | None = None,
-                     drop_fraction: float = 0.3, drop_schedule=None, begin: int = 0,
-                     allocate="erk", where=None, key=None, masks=None
-                     ) -> optax.GradientTransformationExtraArgs:
+def rigl(inner, sparsity=None, **options) -> optax.GradientTransformationExtraArgs:
+  """RigL (Evci et al., 2020): drop by magnitude, grow by dense-gradient magnitude.
+
+  :func:`sparse_training` with ``grow=grow_by_gradient``: growth follows the magnitude of the
+  incoming updates (the raw dense gradients when ``rigl`` gets them first, as usual), or of
+  ``grads=`` when that extra argument is given. Options: those of :func:`sparse_training`.
+  """
+  return sparse_training(inner, sparsity, grow=grow_by_gradient, name="rigl", **options)
+
+
+def sparse_evolution(inner, sparsity=None, **options) -> optax.GradientTransformationExtraArgs:
   """SET (Mocanu et al., 2018): drop by magnitude, grow uniformly at random.
 
-  Same arguments and behaviour as :func:`rigl`, except that grown weights are drawn uniformly
-  among the inactive ones (not dropped at this step) with ``key`` (required), which is split at
-  every mask update and kept in the state.
+  :func:`sparse_training` with ``grow=grow_at_random``: grown weights are drawn uniformly among
+  the inactive ones (not dropped at this step) with ``key`` (required), split at every mask
+  update and kept in the state.
 
   >>> import jax, jax.numpy as jnp, optax
   >>> params = {"w": jax.random.normal(jax.random.key(0), (8, 8))}
@@ -148,29 +229,18 @@ def sparse_evolution(inner, sparsity=None, *, every: int = 100, end: int | None 
   >>> int(state.masks["w"].sum()), int((state.masks["w"] != before).sum()) > 0
   (32, True)
   """
-  if key is None:
+  if options.get("key") is None:
     raise TypeError("sparse_evolution needs key= (a jax.random.key or an int seed): growth is "
                     "random. E.g. sparse_evolution(inner, 0.9, key=jax.random.key(0)).")
-  return _sparse_training(inner, sparsity, grow="random", every=every, end=end,
-                          drop_fraction=drop_fraction, drop_schedule=drop_schedule,
-                          begin=begin, allocate=allocate, where=where, key=key, masks=masks,
-                          name="sparse_evolution")
+  return sparse_training(inner, sparsity, grow=grow_at_random, name="sparse_evolution",
+                         **options)
 
 
-def static_sparse(inner, sparsity=None, *, allocate="erk", where=None, key=None, masks=None
-                  ) -> optax.GradientTransformationExtraArgs:
+def static_sparse(inner, sparsity=None, **options) -> optax.GradientTransformationExtraArgs:
   """Static sparse training: one fixed mask from step 0 (random at ``sparsity``, or ``masks``).
 
-  The baseline of dynamic sparse training, and retraining of lottery tickets: the same
-  machinery as :func:`rigl` with no mask updates. Gradients of inactive weights are masked
-  before the inner optimizer, and updates keep inactive weights exactly 0.
-
-  Args:
-    inner: the optimizer to wrap.
-    sparsity: float (spread with ``allocate`` over ``where``) or pytree of float|None.
-    allocate, where: as in :func:`rigl`.
-    key: PRNG key or int seed for the random mask (not needed with ``masks``).
-    masks: fixed masks (bool arrays or None per leaf) instead of a random mask.
+  :func:`sparse_training` with ``grow=None``: the baseline of dynamic sparse training, and
+  retraining of lottery tickets. Options: ``allocate``, ``where``, ``key``, ``masks``.
 
   >>> import jax.numpy as jnp, optax
   >>> params = {"w": jnp.ones((2, 2))}
@@ -180,9 +250,7 @@ def static_sparse(inner, sparsity=None, *, allocate="erk", where=None, key=None,
   >>> optax.apply_updates(params, updates)["w"].tolist()
   [[0.0, 0.0], [0.0, 0.0]]
   """
-  return _sparse_training(inner, sparsity, grow=None, every=None, end=None, drop_fraction=0.0,
-                          drop_schedule="constant", begin=0, allocate=allocate, where=where,
-                          key=key, masks=masks, name="static_sparse")
+  return sparse_training(inner, sparsity, grow=None, name="static_sparse", **options)
 
 
 def cosine_drop_fraction(drop_fraction: float, end: int) -> Callable:
@@ -199,118 +267,37 @@ def cosine_drop_fraction(drop_fraction: float, end: int) -> Callable:
   return schedule
 
 
-def _sparse_training(inner, sparsity, *, grow, every, end, drop_fraction, drop_schedule, begin,
-                     allocate, where, key, masks, name):
-  """The shared implementation; ``grow`` is "gradient", "random" or None (static)."""
-  inner = _as_transformation(inner, name)
-  if (sparsity is None) == (masks is None):
-    raise ValueError(f"{name}: give exactly one of sparsity= (a float or a pytree of float|None "
-                     f"per leaf) and masks= (initial masks); got "
-                     f"{'both' if masks is not None else 'neither'}.")
-  alloc = _check_allocate(allocate, name)
-  if masks is None and key is None:
-    raise TypeError(f"{name} draws a random initial mask and needs key= (a jax.random.key or "
-                    f"an int seed), e.g. {name}(inner, 0.9, key=jax.random.key(0)); or pass "
-                    "masks=.")
-  key = None if key is None else _check_key(key, name)
-  schedule = None
-  if grow is not None:
-    every = _check_int(every, "every", name, 1)
-    begin = _check_int(begin, "begin", name, 0)
-    end = None if end is None else _check_int(end, "end", name, 1)
-    schedule = _drop_schedule(drop_fraction, drop_schedule, end, name)
-  stored_key = key if grow == "random" else None
-
-  def init_fn(params):
-    if masks is not None:
-      initial = _check_masks(params, masks, name)
-    else:
-      initial = _random_masks(params, sparsity, alloc, where, key)
-    initial = _placed_like_params(initial, params)
-    count = placed_like(jnp.zeros([], jnp.int32), params)
-    state_key = None if stored_key is None else placed_like(stored_key, params)
-    inner_state = _replicate_single_device(inner.init(params), params)
-    return SparseTrainState(count, initial, state_key, inner_state)
-
-  def update_fn(updates, state, params=None, **extra_args):
-    if params is None:
-      raise ValueError(f"{name}.update needs params (it drops weights by magnitude and zeroes "
-                       "inactive ones): call tx.update(grads, state, params).")
-    paths, p_leaves, treedef = flatten_with_paths(params)
-    m_leaves = leaves_like(params, state.masks, name="state.masks")
-    u_leaves = leaves_like(params, updates, name="updates")
-    for path, p, m, u in zip(paths, p_leaves, m_leaves, u_leaves):
-      if m is not None:
-        _check_leaf(path, p, m, u, "updates", name)
-    masked_grads = [u if m is None else jnp.where(m, u, jnp.zeros((), u.dtype))
-                    for u, m in zip(u_leaves, m_leaves)]
-    inner_updates, inner_state = inner.update(
-        treedef.unflatten(masked_grads), state.inner_state, params, **extra_args)
-    new_masks, state_key = state.masks, state.key
-    if grow is not None:
-      grow_leaves = None
-      if grow == "gradient":
-        grads = extra_args.get("grads", updates)
-        grow_leaves = leaves_like(params, grads, name="grads")
-        for path, p, m, g in zip(paths, p_leaves, m_leaves, grow_leaves):
-          if m is not None:
-            _check_leaf(path, p, m, g, "grads", name)
-      count = state.count
-      fraction = jnp.clip(jnp.asarray(schedule(count), jnp.float32), 0.0, 1.0)
-      is_update = (count > 0) & (count % every == 0) & (count >= begin)
-      if end is not None:
-        is_update = is_update & (count < end)
-
-      def change(operands):
-        old_masks, state_key = operands
-        old = leaves_like(params, old_masks, name="state.masks")
-        random_key = None
-        if grow == "random":
-          state_key, random_key = jax.random.split(state_key)
-        new = _drop_and_grow(p_leaves, old, grow_leaves, fraction, random_key)
-        return treedef.unflatten(new), state_key
-
-      # Only the masks go through the conditional: resetting the inner state below is
-      # elementwise and fuses with the inner update (a conditional over the whole inner
-      # state would copy it at every step).
-      new_masks, state_key = lax.cond(
-          is_update, change, lambda operands: operands, (state.masks, state.key))
-      changed = [None if m is None else m != n for m, n in zip(
-          m_leaves, leaves_like(params, new_masks, name="masks"))]
-      inner_state = reset_optimizer_state(inner_state, params, treedef.unflatten(changed),
-                                          fresh=inner.init(params))
-    new_leaves = leaves_like(params, new_masks, name="masks")
-    u_out = leaves_like(params, inner_updates, name="inner updates")
-    out = [u if m is None else masked_update_leaf(u, p, m & n)
-           for u, p, m, n in zip(u_out, p_leaves, m_leaves, new_leaves)]
-    count = optax.safe_int32_increment(state.count)
-    return treedef.unflatten(out), SparseTrainState(count, new_masks, state_key, inner_state)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _drop_and_grow(p_leaves, old, grow_leaves, fraction, random_key):
+def _drop_and_grow(params, masks, scores, fraction):
   """New masks: per leaf drop ``d`` smallest-magnitude active entries, grow ``d`` inactive."""
+  _, p_leaves, treedef = flatten_with_paths(params)
+  s_leaves = leaves_like(params, scores, name="grow scores")
   new = []
-  for i, (p, m) in enumerate(zip(p_leaves, old)):
+  for p, m, s in zip(p_leaves, leaves_like(params, masks, name="masks"), s_leaves):
     if m is None:
       new.append(None)
       continue
     n = int(np.prod(m.shape, dtype=np.int64))
-    dtype = count_dtype(n)
-    active = jnp.sum(m, dtype=dtype)
-    drop = jnp.round(fraction * active.astype(jnp.float32)).astype(dtype)
+    active = jnp.sum(m, dtype=count_dtype(n))
+    drop = jnp.round(fraction * active.astype(jnp.float32)).astype(active.dtype)
     drop = jnp.clip(drop, 0, jnp.minimum(active, n - active))
-    magnitude = jnp.abs(p)
-    kept = top_k([magnitude], [m], active - drop, count_dtype=dtype)[0]
-    if random_key is not None:
-      grow_score = jax.random.uniform(jax.random.fold_in(random_key, i), m.shape, jnp.float32)
-    else:
-      g = grow_leaves[i]
-      grow_score = jnp.abs(g.astype(jnp.promote_types(g.dtype, jnp.float32)))
-    grown = top_k([grow_score], [~m], drop, count_dtype=dtype)[0]
-    new.append(kept | grown)
-  return new
+    kept = masks_lib.top_k([jnp.abs(p)], [m], active - drop)[0]
+    new.append(kept | masks_lib.top_k([s], [~m], drop)[0])
+  return treedef.unflatten(new)
+
+
+def _aligned(params, masks, tree, what, name) -> list:
+  """The leaves of ``tree`` (updates or grads), shaped like the params at masked leaves."""
+  paths, p_leaves, _ = flatten_with_paths(params)
+  leaves = leaves_like(params, tree, name=what)
+  for path, p, m, u in zip(paths, p_leaves, masks, leaves):
+    if m is not None and (not is_array(u) or tuple(u.shape) != tuple(p.shape)):
+      raise ValueError(f"{name}: {what} at {at_path(path)} must be an array shaped like the "
+                       f"params there {tuple(p.shape)}; got {describe(u)}.")
+    if m is not None and tuple(m.shape) != tuple(p.shape):
+      raise ValueError(f"{name}: the state's mask at {at_path(path)} has shape "
+                       f"{tuple(m.shape)} but params there have shape {tuple(p.shape)}. "
+                       "Initialise the optimizer state with these params.")
+  return leaves
 
 
 def _random_masks(params, sparsity, alloc, where, key):
@@ -348,38 +335,7 @@ def _random_masks(params, sparsity, alloc, where, key):
 def _random_masks_jit(key, treedef, shapes, sparsities):
   leaves = [jax.ShapeDtypeStruct(() if s is None else s, np.float32) for s in shapes]
   params = treedef.unflatten(leaves)
-  return topk(_scores.random(params, key), treedef.unflatten(list(sparsities)))
-
-
-def _check_masks(params, masks, name):
-  paths, p_leaves, treedef = flatten_with_paths(params)
-  m_leaves = leaves_like(params, masks, name="masks")
-  out = []
-  for path, p, m in zip(paths, p_leaves, m_leaves):
-    if m is None:
-      out.append(None)
-      continue
-    if not is_array(m):
-      raise TypeError(f"{name}: masks at {at_path(path)} must be a bool array or None; got "
-                      f"{describe(m)}.")
-    if not is_array(p) or tuple(m.shape) != tuple(p.shape):
-      raise ValueError(f"{name}: masks at {at_path(path)} have shape {tuple(m.shape)} but "
-                       f"params there are {describe(p)}. Build the masks from these params.")
-    out.append(jnp.asarray(m if m.dtype == jnp.bool_ else m != 0))
-  if all(m is None for m in out):
-    raise ValueError(f"{name}: masks are None at every leaf: nothing is sparse. Give a bool "
-                     "array for each sparse leaf, e.g. from jaxprune.masks.topk.")
-  return treedef.unflatten(out)
-
-
-def _check_leaf(path, p, m, u, what, name):
-  if not is_array(u) or tuple(u.shape) != tuple(p.shape):
-    raise ValueError(f"{name}: {what} at {at_path(path)} must be an array shaped like the "
-                     f"params there {tuple(p.shape)}; got {describe(u)}.")
-  if tuple(m.shape) != tuple(p.shape):
-    raise ValueError(f"{name}: the state's mask at {at_path(path)} has shape {tuple(m.shape)} "
-                     f"but params there have shape {tuple(p.shape)}. Initialise the optimizer "
-                     "state with these params.")
+  return masks_lib.topk(scores_lib.random(params, key), treedef.unflatten(list(sparsities)))
 
 
 def _as_transformation(inner, name):
@@ -405,28 +361,10 @@ def _check_allocate(allocate, name):
   return allocate
 
 
-def _check_key(key, name):
-  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-    return jax.random.key(int(key))
-  if is_array(key) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                        or (key.dtype == jnp.uint32 and tuple(key.shape) == (2,))):
-    return key
-  raise TypeError(f"{name}: key must be a jax.random.key, a jax.random.PRNGKey or an int seed; "
-                  f"got {describe(key)}.")
-
-
-def _check_int(value, what, name, minimum):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name}: {what} must be an int >= {minimum}; got {describe(value)}.")
-  if value < minimum:
-    raise ValueError(f"{name}: {what} must be >= {minimum}; got {value}.")
-  return int(value)
-
-
 def _drop_schedule(drop_fraction, drop_schedule, end, name):
   if callable(drop_schedule):
     return drop_schedule
-  if drop_schedule not in (None,) + _DROP_SCHEDULES:
+  if drop_schedule not in (None, "cosine", "constant"):
     raise ValueError(f"{name}: drop_schedule must be None/'cosine', 'constant' or a callable "
                      f"step -> fraction; got {drop_schedule!r}.")
   if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, numbers.Real) or not (
@@ -438,40 +376,6 @@ def _drop_schedule(drop_fraction, drop_schedule, end, name):
     return lambda step: value
   if end is None:
     raise ValueError(f"{name}: the default cosine drop schedule decays to 0 at end=, which is "
-                     "missing. Pass end= (the step after which masks stay fixed; RigL uses 75% of "
+                     "missing. Pass end= (the last step at which masks change; RigL uses 75% of "
                      "training), or drop_schedule='constant' or a callable.")
   return cosine_drop_fraction(float(drop_fraction), end)
-
-
-def _placed_like_params(masks, params):
-  """Masks placed with their param's sharding (eagerly; under jit the compiler places them)."""
-  def place(m, p):
-    if m is None or isinstance(p, jax.core.Tracer) or not isinstance(p, jax.Array):
-      return m
-    if isinstance(m, jax.core.Tracer):
-      return m
-    return jax.device_put(m, p.sharding)
-
-  m_leaves = leaves_like(params, masks, name="masks")
-  _, p_leaves, treedef = flatten_with_paths(params)
-  return treedef.unflatten([place(m, p) for m, p in zip(m_leaves, p_leaves)])
-
-
-def _replicate_single_device(tree, params):
-  """Inner-state arrays left on one device (e.g. step counts) replicated on the params' mesh.
-
-  A jitted update returns them replicated; placing them so at init keeps the state's sharding
-  the same after init and after update, so a jitted training step is traced once.
-  """
-  mesh = mesh_of(params)
-  if mesh is None:
-    return tree
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-  def place(x):
-    if (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
-        and isinstance(x.sharding, jax.sharding.SingleDeviceSharding)):
-      return jax.device_put(x, replicated)
-    return x
-
-  return jax.tree_util.tree_map(place, tree)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import optax
 
-from jaxprune.core import at_path, describe, flatten_with_paths, is_array, leaves_like
-from jaxprune.transforms._state import KeepSparseState, check_mask_leaf, masked_updates
+from jaxprune.core import (
+    as_mask_leaf, at_path, describe, flatten_with_paths, is_array, mask_leaves, sharded_like)
+from jaxprune.transforms._state import KeepSparseState, masked_updates
 
 __all__ = ["KeepSparseState", "keep_sparse"]
 
@@ -19,13 +18,15 @@ def keep_sparse(masks) -> optax.GradientTransformation:
   wherever a mask is False (the first update also zeroes weights that were not zero yet), and
   unchanged elsewhere, whatever came before in the chain (momentum, Adam, weight decay); this
   holds for finite params (an additive update cannot bring ``inf``/``NaN`` to 0). The
-  masks are checked against the params (tree structure, shapes, dtype bool) at ``init`` and
-  ``update``, and stored in the state (:class:`KeepSparseState`, placed on the params'
-  shardings), so ``jaxprune.masks_of(opt_state)`` returns them.
+  masks are checked against the params (tree structure, shapes) at ``init`` and ``update``,
+  and stored in the state (:class:`KeepSparseState`, placed on the params' shardings), so
+  ``jaxprune.masks_of(opt_state)`` returns them.
 
   Args:
-    masks: pytree like the params: a bool array (True = kept) where pruned, ``None`` elsewhere,
-      e.g. ``jaxprune.masks_of(state)`` after ``jaxprune.prune`` or ``jaxprune.masks.topk(...)``.
+    masks: pytree like the params: a mask where pruned, ``None`` elsewhere, e.g.
+      ``jaxprune.masks_of(state)`` after ``jaxprune.prune`` or ``jaxprune.masks.topk(...)``.
+      A mask is a bool array (True = kept) or any numeric array (non-zero = kept; the rule
+      of :func:`jaxprune.core.as_mask_leaf`, the same everywhere).
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` needs ``params``.
@@ -39,17 +40,12 @@ def keep_sparse(masks) -> optax.GradientTransformation:
   >>> optax.apply_updates(params, updates)["w"].tolist()
   [[0.0, 1.0], [1.5, 0.0]]
   """
-  _check_masks_alone(masks)
+  masks = _bool_masks(masks)
 
   def init_fn(params):
-    paths, leaves, treedef = flatten_with_paths(params)
-    mask_leaves = leaves_like(params, masks, name="masks")
-    placed = []
-    for path, x, m in zip(paths, leaves, mask_leaves):
-      if m is not None:
-        check_mask_leaf(path, x, m, what="masks")
-        m = _place(m, x)
-      placed.append(m)
+    _, leaves, treedef = flatten_with_paths(params)
+    placed = [None if m is None else sharded_like(m, x)
+              for m, x in zip(mask_leaves(params, masks), leaves)]
     return KeepSparseState(masks=treedef.unflatten(placed))
 
   def update_fn(updates, state, params=None):
@@ -65,23 +61,14 @@ def keep_sparse(masks) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _check_masks_alone(masks):
-  """Static checks that need no params: every leaf is a bool array (None leaves vanish)."""
-  paths, leaves, _ = flatten_with_paths(masks)
+def _bool_masks(masks):
+  """Static checks that need no params: every leaf is a mask (None leaves vanish)."""
+  paths, leaves, treedef = flatten_with_paths(masks)
   if not leaves:
     raise ValueError("keep_sparse: masks hold no mask (every leaf is None): nothing would be "
                      "kept sparse. Pass masks from jaxprune.masks.topk(...) or masks_of(...).")
   for path, m in zip(paths, leaves):
-    if not is_array(m) or m.dtype != jnp.bool_:
+    if not is_array(m):
       raise TypeError(f"keep_sparse: masks at {at_path(path)} must be a bool array (True = "
-                      f"kept) or None; got {describe(m)}. Convert with .astype(bool).")
-
-
-def _place(mask, like):
-  """The mask on the sharding of the params leaf ``like`` (when both are concrete)."""
-  if isinstance(like, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
-    return jnp.asarray(mask)
-  sharding = getattr(like, "sharding", None)
-  if isinstance(like, jax.Array) and sharding is not None:
-    return jax.device_put(mask, sharding)
-  return jnp.asarray(mask)
+                      f"kept) or None; got {describe(m)}.")
+  return treedef.unflatten([as_mask_leaf(p, m, m) for p, m in zip(paths, leaves)])

@@ -27,11 +27,9 @@ import numpy as np
 
 from jaxprune import filters
 from jaxprune.core import (
-    at_path, check_same_shape, check_sparsity, describe, flatten_with_paths, is_array,
-    is_floating, is_static_number, leaves_like)
-from jaxprune.masks import apply_masks
-from jaxprune.masks._plan import count_dtype
-from jaxprune.masks._search import top_k
+    check_same_shape, check_sparsity, count_dtype, flatten_with_paths, is_array,
+    is_floating, is_static_number, leaves_like, at_path, describe, mask_leaves)
+from jaxprune.masks import apply_masks, top_k
 
 _SCOPES = ("leaf", "global")
 
@@ -76,7 +74,8 @@ def lottery_round(params, rewind_params, masks, fraction, *, where=None, scope: 
     raise ValueError(f"lottery_round: scope must be one of {_SCOPES}; got {scope!r}.")
   paths, p_leaves, treedef = flatten_with_paths(params)
   r_leaves = leaves_like(params, rewind_params, name="rewind_params")
-  m_leaves = [None] * len(p_leaves) if masks is None else leaves_like(params, masks, name="masks")
+  m_leaves = ([None] * len(p_leaves) if masks is None
+              else mask_leaves(params, masks, what="lottery_round: masks"))
   chosen = filters.select(params, where)
   for path, p, r, m, c in zip(paths, p_leaves, r_leaves, m_leaves, chosen):
     if c or m is not None:
@@ -158,10 +157,8 @@ def _keep_largest(values, eligible, keeps, single):
   """
   magnitudes = [jnp.abs(v) for v in values]
   if single:
-    total = sum(int(np.prod(v.shape, dtype=np.int64)) for v in values)
-    return top_k(magnitudes, eligible, keeps[0], count_dtype=count_dtype(total))
-  return [top_k([v], [e], k, count_dtype=count_dtype(int(np.prod(v.shape, dtype=np.int64))))[0]
-          for v, e, k in zip(magnitudes, eligible, keeps)]
+    return top_k(magnitudes, eligible, keeps[0])
+  return [top_k([v], [e], k)[0] for v, e, k in zip(magnitudes, eligible, keeps)]
 
 
 def _check_leaf(path, p, r, m):
@@ -172,8 +169,3 @@ def _check_leaf(path, p, r, m):
     raise TypeError(f"lottery_round: rewind_params at {at_path(path)} must be an array like the "
                     f"params; got {describe(r)}.")
   check_same_shape(path, p, r, a_name="params", b_name="rewind_params")
-  if m is not None:
-    if not is_array(m) or m.dtype != jnp.bool_:
-      raise TypeError(f"lottery_round: masks at {at_path(path)} must be a bool array or None; "
-                      f"got {describe(m)}.")
-    check_same_shape(path, p, m, a_name="params", b_name="masks")

@@ -7,8 +7,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from jaxprune.core import at_path, describe, flatten_with_paths, is_array, leaves_like
+from jaxprune.core import (
+    as_mask_leaf, at_path, describe, flatten_with_paths, is_array, leaves_like)
 from jaxprune.masks import apply_masks
 
 
@@ -65,7 +67,8 @@ def masks_of(opt_state):
     The masks pytree (bool arrays where pruned, ``None`` elsewhere).
 
   Raises:
-    ValueError: no jaxprune state is in ``opt_state``.
+    ValueError: no jaxprune state is in ``opt_state``, or a schedule-free state is there too
+      (its evaluation weights would be dense: not supported).
 
   >>> import jax.numpy as jnp, optax, jaxprune
   >>> tx = optax.chain(optax.sgd(0.1), jaxprune.transforms.prune(sparsity=0.5))
@@ -73,6 +76,15 @@ def masks_of(opt_state):
   [[True, True], [True, True]]
   """
   found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=_has_masks) if _has_masks(x)]
+  schedule_free = optax.contrib.ScheduleFreeState
+  if found and any(isinstance(x, schedule_free) for x in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, schedule_free))):
+    raise ValueError(
+        "masks_of: this optimizer state holds a schedule-free state (optax.contrib."
+        "schedule_free*) next to a jaxprune state. Schedule-free optimizers keep a second copy "
+        "of the weights (z) that jaxprune does not mask, so their evaluation weights "
+        "(schedule_free_eval_params) are dense: not supported. Use a standard optimizer with "
+        "jaxprune.prune last in the chain, e.g. optax.chain(optax.adamw(1e-3), prune(...)).")
   if not found:
     seen: list[str] = []
     _state_types(opt_state, seen)
@@ -132,27 +144,9 @@ def masked_params(params, opt_state, *, straight_through: bool = True):
   out = []
   for path, x, m in zip(paths, leaves, mask_leaves):
     if m is not None:
-      check_mask_leaf(path, x, m, what="masks")
-      x = _straight_through(x, m)
+      x = _straight_through(x, as_mask_leaf(path, m, x))
     out.append(x)
   return treedef.unflatten(out)
-
-
-def check_mask_leaf(path: str, x, m, *, what: str) -> None:
-  """Raises when mask ``m`` (not None) does not fit array leaf ``x`` at ``path``."""
-  if not is_array(x):
-    raise TypeError(f"{what} at {at_path(path)} is a mask but params there are not an array: "
-                    f"got {describe(x)}. Use None in {what} for leaves that are not pruned.")
-  if not is_array(m):
-    raise TypeError(f"{what} at {at_path(path)} must be a bool array or None; got {describe(m)}.")
-  if m.dtype != jnp.bool_:
-    raise TypeError(f"{what} at {at_path(path)} must have dtype bool (True = kept); got "
-                    f"{describe(m)}. Convert it with mask.astype(bool) or (mask != 0).")
-  if tuple(m.shape) != tuple(x.shape):
-    raise ValueError(
-        f"{what} at {at_path(path)} has shape {tuple(m.shape)} but params there have shape "
-        f"{tuple(x.shape)}. Build the masks from these params (e.g. jaxprune.masks.topk of "
-        "their scores).")
 
 
 def masked_updates(updates, params, masks, *, what: str = "masks"):
@@ -170,7 +164,7 @@ def masked_updates(updates, params, masks, *, what: str = "masks"):
     if m is None:
       out.append(u)
       continue
-    check_mask_leaf(path, p, m, what=what)
+    m = as_mask_leaf(path, m, p, what=what)
     if not is_array(u) or tuple(u.shape) != tuple(p.shape):
       raise ValueError(f"updates at {at_path(path)} must be an array shaped like the params "
                        f"there {tuple(p.shape)}; got {describe(u)}.")
@@ -182,28 +176,6 @@ def masked_update_leaf(u, p, keep):
   """``u`` where ``keep``, else ``-p``, in the promoted dtype so that ``p + out`` is exactly 0."""
   dtype = jnp.promote_types(u.dtype, p.dtype)
   return jnp.where(keep, u.astype(dtype), -p.astype(dtype))
-
-
-def placed_like(value, params):
-  """``value`` (a small array) replicated on the mesh of the first NamedSharding'ed params leaf.
-
-  Keeps a state's scalars on the same devices as the params, so that the state's sharding is the
-  same after ``init`` and after a jitted ``update``.
-  """
-  mesh = mesh_of(params)
-  if mesh is None or isinstance(value, jax.core.Tracer):
-    return value
-  return jax.device_put(value, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
-def mesh_of(params):
-  """The mesh of the first concrete ``NamedSharding``'ed params leaf, or None."""
-  for leaf in jax.tree_util.tree_leaves(params):
-    sharding = getattr(leaf, "sharding", None) if isinstance(leaf, jax.Array) else None
-    if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(
-        leaf, jax.core.Tracer):
-      return sharding.mesh
-  return None
 
 
 def zeros_count():

@@ -1,7 +1,8 @@
 """Iterative SynFlow pruning (Tanaka et al., 2020): prune, rescore, repeat, inside one loop.
 
-It lives with the transforms because it combines scores (:func:`jaxprune.scores.synflow`) with
-masks (:func:`jaxprune.masks.global_topk`), which do not import each other.
+The SynFlow score itself is :func:`jaxprune.scores.synflow`, the one implementation; this
+module only iterates it with :func:`jaxprune.masks.global_topk` (scores and masks do not
+import each other, transforms may import both).
 """
 
 from __future__ import annotations
@@ -9,11 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxprune import filters
-from jaxprune import masks as masks_lib
-from jaxprune.core import check_sparsity
-from jaxprune.scores import _hessian as h
-from jaxprune.scores import _init
+from jaxprune import filters, masks as masks_lib, scores as scores_lib
+from jaxprune.core import check_int, check_sparsity
 
 
 def synflow_masks(apply_fn, params, input_shape, sparsity, *, iterations: int = 100, where=None,
@@ -41,9 +39,8 @@ def synflow_masks(apply_fn, params, input_shape, sparsity, *, iterations: int = 
   >>> int(m["a"].sum() + m["b"].sum())
   24
   """
-  iterations = h.check_positive_int(iterations, "iterations", "synflow_masks")
+  iterations = check_int(iterations, "iterations", minimum=1, context="synflow_masks")
   sparsity = check_sparsity(sparsity, "")
-  _init._check_shape(input_shape)
   paths = filters.select(params, where)
   leaves, treedef = jax.tree.flatten(params)
   init = treedef.unflatten([jnp.ones(jnp.shape(x), bool) if c else None
@@ -52,7 +49,7 @@ def synflow_masks(apply_fn, params, input_shape, sparsity, *, iterations: int = 
   def round_(k, current):
     target = 1.0 - (1.0 - sparsity) ** ((k + 1.0) / iterations)
     target = jnp.where(k == iterations - 1, sparsity, target)  # the final round is exact
-    scores = _init.synflow(apply_fn, params, input_shape, masks=current, dtype=dtype)
+    scores = scores_lib.synflow(apply_fn, params, input_shape, masks=current, dtype=dtype)
     return masks_lib.global_topk(scores, target, where=where, previous=current)
 
   return jax.lax.fori_loop(0, iterations, round_, init)

@@ -76,8 +76,10 @@ def _masked_params(params):
   return [np.asarray(params["l1"][0], np.float32), np.asarray(params["l2"][0], np.float32)]
 
 
-def _is_update_step(count, every, begin=0, end=None):
-  return count > 0 and count % every == 0 and count >= begin and (end is None or count < end)
+def _is_update_step(count, every, begin=None, end=None):
+  """The one meaning of begin/every/end in jaxprune.transforms; ``begin`` defaults to ``every``."""
+  begin = every if begin is None else begin
+  return count >= begin and (count - begin) % every == 0 and (end is None or count <= end)
 
 
 # --- a numpy reference of one RigL mask update -------------------------------------------------

@@ -161,7 +161,12 @@ def test_lottery_sparsity_and_errors():
   with pytest.raises(ValueError, match="layers/1/kernel.*shape"):
     lottery_round(trained, bad, None, 0.5)
   masks, _ = lottery_round(trained, init, None, 0.5)
-  masks["layers"][0]["kernel"] = masks["layers"][0]["kernel"].astype(jnp.float32)
+  # One mask rule (jaxprune.core.as_mask_leaf): a float mask means non-zero = kept.
+  as_float = jax.tree.map(lambda m: m.astype(jnp.float32), masks)
+  for a, b in zip(jax.tree.leaves(lottery_round(trained, init, as_float, 0.5)[0]),
+                  jax.tree.leaves(lottery_round(trained, init, masks, 0.5)[0])):
+    assert jnp.array_equal(a, b)
+  masks["layers"][0]["kernel"] = masks["layers"][0]["kernel"].astype(jnp.complex64)
   with pytest.raises(TypeError, match="layers/0/kernel.*bool"):
     lottery_round(trained, init, masks, 0.5)
   with pytest.raises(ValueError, match="same tree structure"):

@@ -21,6 +21,7 @@ def _poly_reference(t, final, begin, end, initial, power):
        span=st.integers(1, 5000), power=st.sampled_from([1, 2, 3, 0.5, 4.5]),
        steps=st.lists(st.integers(0, 7000), min_size=1, max_size=8))
 def test_polynomial_matches_formula(final, initial, begin, span, power, steps):
+  initial, final = sorted((initial, final))  # decreasing ramps are refused (issue 10.9)
   schedule = schedules.polynomial(final, begin, begin + span, initial=initial, power=power)
   got = jax.jit(jax.vmap(schedule))(jnp.asarray(steps, jnp.int32))
   want = [_poly_reference(t, final, begin, begin + span, initial, power) for t in steps]
@@ -86,6 +87,7 @@ def test_optax_schedules_are_plain_callables_too():
     (lambda: schedules.polynomial(0.5, 10, 5), ValueError, "end must be > begin"),
     (lambda: schedules.polynomial(0.5, -1, 5), ValueError, "begin must be >= 0"),
     (lambda: schedules.polynomial(0.5, 0, 10, power=0), ValueError, "power"),
+    (lambda: schedules.polynomial(0.2, 0, 10, initial=0.8), ValueError, "final=0.2 is below"),
     (lambda: schedules.polynomial(0.5, 0.5, 10), TypeError, "begin must be an int"),
     (lambda: schedules.polynomial(True, 0, 10), TypeError, "bool"),
     (lambda: schedules.polynomial("0.9", 0, 10), TypeError, "final"),

@@ -169,8 +169,13 @@ def test_sharded_masks_follow_the_params(mesh):
 def test_validation_errors_name_the_path():
   params = make_params()
   masks = random_masks(params)
-  with pytest.raises(TypeError, match=r"masks at '0/kernel' must be a bool array.*astype"):
-    keep_sparse([{"kernel": masks[0]["kernel"].astype(jnp.float32), "bias": None}, (None, None)])
+  # One mask rule everywhere (jaxprune.core.as_mask_leaf): a float mask means non-zero = kept.
+  floats = keep_sparse([{"kernel": masks[0]["kernel"].astype(jnp.float32), "bias": None},
+                        (None, None)])
+  assert jnp.array_equal(floats.init(params).masks[0]["kernel"], masks[0]["kernel"])
+  with pytest.raises(TypeError, match=r"masks at '0/kernel' must be a bool array"):
+    keep_sparse([{"kernel": masks[0]["kernel"].astype(jnp.complex64), "bias": None},
+                 (None, None)])
   with pytest.raises(ValueError, match="every leaf is None"):
     keep_sparse([{"kernel": None, "bias": None}, (None, None)])
   with pytest.raises(ValueError, match=r"masks at '1/0' has shape \(4, 16\).*\(16, 4\)"):
