@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxprune import filters
 from jaxprune.core import at_path, describe, flatten_with_paths, is_array, is_floating, leaves_like
+from jaxprune.core import count_dtype  # noqa: F401  (re-used by masks modules)
 from jaxprune.masks._counts import check_sparsity, is_static_number
 
 
@@ -80,17 +81,6 @@ def check_previous(path: str, leaf, old):
         f"previous mask at {at_path(path)} has shape {tuple(old.shape)} but the scores there "
         f"have shape {tuple(leaf.shape)}. Pass the masks computed for these same parameters.")
   return old if old.dtype == jnp.bool_ else old != 0
-
-
-def count_dtype(total: int):
-  """int32 counts, or int64 where a selection has 2**31 entries or more (needs x64)."""
-  if total < 2**31 - 1:
-    return jnp.int32
-  if jax.config.jax_enable_x64:
-    return jnp.int64
-  raise ValueError(
-      f"the selected leaves hold {total} entries, more than int32 counts allow; enable 64-bit "
-      "counts with jax.config.update('jax_enable_x64', True).")
 
 
 def size(leaf) -> int:
