@@ -13,8 +13,8 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 """
 
 from jaxprune import (
-    allocate, checkpoint, compensation, core, export, filters, masks, schedules, scores, summary,
-    transforms)
+    allocate, checkpoint, compensation, core, export, filters, masks, regularize, schedules, scores,
+    summary, transforms)
 from jaxprune.compensation import compensate
 from jaxprune.masks import apply_masks
 from jaxprune.transforms import (
@@ -38,6 +38,7 @@ __all__ = [
     "masks",
     "masks_of",
     "prune",
+    "regularize",
     "reset_optimizer_state",
     "rigl",
     "schedules",

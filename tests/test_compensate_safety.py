@@ -42,6 +42,8 @@ def _problem(seed):
             for a, b in zip(DIMS[:-1], DIMS[1:])]
   x = jnp.asarray(rng.normal(size=(32, DIMS[0])), jnp.float32)
   y = jnp.asarray(rng.integers(0, DIMS[-1], 32), jnp.int32)
+  if seed % 3:  # labels the dense model mostly fits (a trained model); else random labels
+    y = jnp.where(jnp.arange(32) % 4 == 0, y, jnp.argmax(_apply(params, x), -1))
   sparsity = float(rng.choice([0.3, 0.6, 0.9]))
   score = jax.tree.map(lambda w: jnp.asarray(rng.uniform(size=w.shape)), params)
   return params, masks_lib.topk(score, sparsity), x, y
@@ -56,7 +58,7 @@ _RUN = jax.jit(lambda loss, p, m, x, y, lam, mode, method: compensate(
 def test_never_worse_than_plain_masking_over_random_models(method):
   loss = MODEL if method == "ggn" else PLAIN
   moved = 0
-  for seed in range(4):
+  for seed in range(3):
     params, masks, x, y = _problem(seed)
     masked_loss = float(MODEL(apply_masks(params, masks), x, y))
     for lam, mode in [(0.0, "relative"), (0.01, "relative"), (1.0, "relative"),
@@ -75,31 +77,34 @@ def test_never_worse_than_plain_masking_over_random_models(method):
       if t == 0.0:  # fell back: exactly the masked params
         for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(apply_masks(params, masks))):
           np.testing.assert_array_equal(a, b)
-  assert moved >= 4, moved  # the guard is not just "always fall back"
+  assert moved >= 3, moved  # the guard is not just "always fall back"
 
 
 def test_plain_closure_defaults_to_hessian_with_a_warning_and_stays_safe():
   params, masks, x, y = _problem(3)
   closure = lambda p: MODEL(p, x, y)  # noqa: E731  the natural call of the issue
   with pytest.warns(UserWarning, match="indefinite Hessian"):
-    out, info = compensate(closure, params, masks, return_info=True)
+    out, info = jax.jit(lambda p, m: compensate(closure, p, m, steps=10, return_info=True))(
+        params, masks)
   assert info.method == "hessian"
   assert float(closure(out)) <= float(closure(apply_masks(params, masks))) * (1 + 1e-6)
+  method = lambda *a, **k: jax.eval_shape(  # noqa: E731  (traced only: cheap)
+      lambda p, m: compensate(*a[:1], p, m, *a[1:], return_info=True, **k), params,
+      masks)[1].method
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    assert compensate(closure, params, masks, method="hessian", return_info=True)[1].method == (
-        "hessian")
-    assert compensate(PLAIN, params, masks, x, y, return_info=True)[1].method == (
-        "empirical_fisher")
-    assert compensate(MODEL, params, masks, x, y, return_info=True)[1].method == "ggn"
+    assert method(closure, method="hessian") == "hessian"
+    assert method(PLAIN, x, y) == "empirical_fisher"
+    assert method(MODEL, x, y) == "ggn"
 
 
 def test_default_return_is_params_and_float_masks_equal_bool_masks():
   params, masks, x, y = _problem(1)
-  out = compensate(MODEL, params, masks, x, y)
+  run = jax.jit(lambda p, m: compensate(MODEL, p, m, x, y, steps=10))
+  out = run(params, masks)
   assert isinstance(out, list) and not isinstance(out, CompensateInfo)
   as_float = [{"kernel": m["kernel"].astype(jnp.float32) * 3.0, "bias": None} for m in masks]
-  out_float = compensate(MODEL, params, as_float, x, y)
+  out_float = run(params, as_float)
   for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(out_float)):
     np.testing.assert_array_equal(a, b)
 
