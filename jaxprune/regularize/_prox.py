@@ -156,7 +156,7 @@ def group_lasso(strength, *, groups, where=None) -> optax.GradientTransformation
 
   used = {m.path for g in spec for m in g.members}
   return _proximal("group_lasso", strength, filters.Filter(
-      lambda path, leaf: path in used, "structure groups"), prox, allow_empty=not spec)
+      lambda path, leaf: path in used, "structure groups"), prox, allow_empty=True)
 
 
 def _soft(z, tau):
