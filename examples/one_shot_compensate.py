@@ -31,7 +31,8 @@ def main(argv=None) -> dict:
   common.add_config_args(parser, common.Config(dataset="digits", steps=3000))
   parser.add_argument("--sparsity", type=float, default=0.8)
   parser.add_argument("--cg-steps", type=int, default=50)
-  parser.add_argument("--damping", type=float, default=1e-4)
+  parser.add_argument("--damping", type=float, default=1e-4,
+                      help="damping, relative to the mean curvature diagonal of the kept weights")
   parser.add_argument("--calib", type=int, default=1024, help="calibration examples (train set)")
   args = parser.parse_args(argv)
   if not 0.0 <= args.sparsity < 1.0:

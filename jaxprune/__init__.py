@@ -13,8 +13,8 @@ Scores (``jaxprune.scores``) turn into masks (``jaxprune.masks``) that ``apply_m
 """
 
 from jaxprune import (
-    allocate, checkpoint, compensation, core, export, filters, masks, oneshot, quantize, schedules,
-    scores, structure, summary, transforms)
+    allocate, checkpoint, compensation, core, export, filters, masks, oneshot, quantize, regularize,
+    schedules, scores, structure, summary, transforms)
 from jaxprune.compensation import compensate
 from jaxprune.masks import apply_masks
 from jaxprune.quantize import dequantize, fake_quantize
@@ -43,6 +43,7 @@ __all__ = [
     "oneshot",
     "prune",
     "quantize",
+    "regularize",
     "reset_optimizer_state",
     "rigl",
     "schedules",

