@@ -18,8 +18,12 @@ Prints three tables for an MLP trained on MNIST-1D (or sklearn digits with --dat
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
+import common  # noqa: E402  the examples' shared data and training loop
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,23 +37,8 @@ from jaxprune.scores._diag import default_batch, rademacher
 SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 
 
-def load(dataset: str, samples: int):
-  if dataset == "digits":
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    x, y = d.data.astype(np.float32), d.target
-    idx = np.random.RandomState(0).permutation(len(y))
-    x, y, n = x[idx], y[idx], 1400
-    x = (x - x[:n].mean(0)) / (x[:n].std(0) + 1e-3)
-    return x[:n], y[:n], x[n:], y[n:]
-  import mnist1d
-  args = mnist1d.data.get_dataset_args()
-  args.num_samples = samples
-  d = mnist1d.data.make_dataset(args)
-  return (d["x"].astype(np.float32), d["y"], d["x_test"].astype(np.float32), d["y_test"])
-
-
 def init_mlp(key, sizes):
+  """A plain-pytree MLP (a list of ``{"kernel", "bias"}`` layers): jaxprune needs no framework."""
   keys = jax.random.split(key, len(sizes) - 1)
   return [{"kernel": jax.random.normal(k, (a, b)) * np.sqrt(2.0 / a), "bias": jnp.zeros(b)}
           for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
@@ -71,18 +60,9 @@ MODEL = ModelLoss(apply_mlp, xent)
 
 
 def train(params, x, y, steps: int, batch: int = 128):
-  opt = optax.adam(1e-3)
-
-  @jax.jit
-  def run(params, key):
-    def step(carry, key):
-      p, s = carry
-      idx = jax.random.randint(key, (batch,), 0, x.shape[0])
-      updates, s = opt.update(jax.grad(MODEL)(p, x[idx], y[idx]), s, p)
-      return (optax.apply_updates(p, updates), s), None
-    return jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, steps))[0][0]
-
-  return run(params, jax.random.key(1))
+  """``steps`` Adam steps with the examples' shared training loop (``common.make_trainer``)."""
+  run = common.make_trainer(MODEL, optax.adam(1e-3), batch_size=batch, steps=steps)
+  return run(params, None, jax.random.key(1), x, y)[0]
 
 
 def timeit(fn, *args, repeats: int = 5) -> float:
@@ -246,7 +226,8 @@ def main():
   args = parser.parse_args()
 
   start = time.perf_counter()
-  x, y, xt, yt = map(jnp.asarray, load(args.dataset, args.samples))
+  data = common.load_dataset(args.dataset, num_samples=args.samples)
+  x, y, xt, yt = map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test))
   # Calibration examples (scores, compensation) are held out from training: curvature on
   # examples an overfit model has memorised is close to zero and ranks weights poorly.
   calib = (x[:args.calib], y[:args.calib])

@@ -191,18 +191,15 @@ def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_loss(model: nn.Module) -> Callable:
-  """``loss_fn(params, x, y) -> scalar``: mean softmax cross-entropy.
+def make_loss(model: nn.Module) -> jaxprune.scores.ModelLoss:
+  """``loss_fn(params, x, y) -> scalar``: mean softmax cross-entropy, as a ``ModelLoss``.
 
-  This is the form jaxprune's second-order scores and ``compensate`` take. Where jaxprune has
-  ``jaxprune.scores.ModelLoss`` the loss is one (a model and a loss on its outputs, still
-  callable as ``loss_fn(params, x, y)``), which the Gauss-Newton methods need.
+  This is the form jaxprune's second-order scores and ``compensate`` take: a
+  ``jaxprune.scores.ModelLoss`` (a model and a loss on its outputs, callable as
+  ``loss_fn(params, x, y)``), which the Gauss-Newton methods need.
   """
-  apply_fn = lambda params, x: model.apply({"params": params}, x)
-  model_loss = getattr(jaxprune.scores, "ModelLoss", None)
-  if model_loss is not None:
-    return model_loss(apply_fn, _cross_entropy)
-  return lambda params, x, y: _cross_entropy(apply_fn(params, x), y)
+  return jaxprune.scores.ModelLoss(lambda params, x: model.apply({"params": params}, x),
+                                   _cross_entropy)
 
 
 def make_evaluate(model: nn.Module) -> Callable:

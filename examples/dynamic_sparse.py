@@ -47,25 +47,6 @@ def make_tx(method, sparsity, allocation, *, lr, steps, every, drop_fraction, ke
               allocate=allocation, key=key)
 
 
-def make_run(loss_fn, tx, *, steps, batch_size):
-  """A jitted ``run(params, state, key, x, y) -> (params, state)``: ``steps`` steps in a scan."""
-
-  def step(carry, key):
-    params, state, x, y = carry
-    index = jax.random.randint(key, (batch_size,), 0, x.shape[0])
-    grads = jax.grad(loss_fn)(params, x[index], y[index])
-    updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state, x, y), None
-
-  @jax.jit
-  def run(params, state, key, x, y):
-    (params, state, _, _), _ = jax.lax.scan(step, (params, state, x, y),
-                                            jax.random.split(key, steps))
-    return params, state
-
-  return run
-
-
 def train_one(method, sparsity, allocation, seed, *, data, model, loss_fn, evaluate, args,
               cache):
   """Test accuracy and final sparsity of one run (compiled once per method and setting)."""
@@ -81,13 +62,11 @@ def train_one(method, sparsity, allocation, seed, *, data, model, loss_fn, evalu
   # setting share a compiled trainer (the SET key lives in the state).
   name = (method, sparsity, allocation)
   if name not in cache:
-    cache[name] = make_run(loss_fn, tx, steps=args.steps, batch_size=args.batch_size)
-  params, state = cache[name](params, state, data_key, jnp.asarray(data.x_train),
-                              jnp.asarray(data.y_train))
+    cache[name] = common.make_trainer(loss_fn, tx, steps=args.steps, batch_size=args.batch_size)
+  params, state, _ = cache[name](params, state, data_key, jnp.asarray(data.x_train),
+                                 jnp.asarray(data.y_train))
   _, acc = evaluate(params, jnp.asarray(data.x_test), jnp.asarray(data.y_test))
-  zeros = sum(float(jnp.sum(x == 0)) for x in jax.tree.leaves(params) if x.ndim >= 2)
-  total = sum(x.size for x in jax.tree.leaves(params) if x.ndim >= 2)
-  return float(acc), zeros / total
+  return float(acc), float(jaxprune.summary.sparsity(params)["total"])  # over the kernels
 
 
 def main(argv=None) -> dict:

@@ -31,35 +31,20 @@ from jaxprune.transforms import lottery_sparsity
 
 
 def make_run(loss_fn, *, lr, steps, batch_size):
-  """A jitted ``run(params, masks, key, x, y)``: ``steps`` adam steps in a ``lax.scan``.
+  """A jitted ``run(params, masks, key, x, y) -> params``: ``steps`` adam steps (common's loop).
 
   ``masks=None`` trains dense; otherwise ``static_sparse`` keeps the masks fixed. The masks are
-  an argument, so every round reuses one compiled function.
+  an argument (the trainer's traced ``hyper``), so every round reuses one compiled function.
   """
-
-  @jax.jit
-  def run(params, masks, key, x, y):
-    inner = optax.adam(lr)
-    tx = inner if masks is None else static_sparse(inner, masks=masks)
-    state = tx.init(params)
-
-    def step(carry, key):
-      params, state = carry
-      index = jax.random.randint(key, (batch_size,), 0, x.shape[0])
-      grads = jax.grad(loss_fn)(params, x[index], y[index])
-      updates, state = tx.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, state), jax.random.split(key, steps))
-    return params
-
-  return run
+  make_tx = lambda masks: (optax.adam(lr) if masks is None
+                           else static_sparse(optax.adam(lr), masks=masks))
+  trainer = common.make_trainer(loss_fn, make_tx, batch_size=batch_size, steps=steps)
+  return lambda params, masks, key, x, y: trainer(params, None, key, x, y, hyper=masks)[0]
 
 
 def kernel_sparsity(params) -> float:
-  """Fraction of zeros over the kernels (``ndim >= 2``)."""
-  kernels = [x for x in jax.tree.leaves(params) if x.ndim >= 2]
-  return sum(float(jnp.sum(x == 0)) for x in kernels) / sum(x.size for x in kernels)
+  """Fraction of zeros over the kernels (``ndim >= 2``, jaxprune.summary's default)."""
+  return float(jaxprune.summary.sparsity(params)["total"])
 
 
 def main(argv=None) -> dict:

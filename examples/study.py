@@ -1,7 +1,7 @@
 """A pruning study: train a small model on MNIST-1D, prune it many ways, compare test accuracy.
 
     python examples/study.py                      # defaults: MLP on MNIST-1D, a few minutes on CPU
-    python examples/study.py --quick              # a smoke test (seconds)
+    python examples/study.py --quick              # a smoke test: 3 methods, tiny settings
     python examples/study.py --model cnn --methods magnitude,global_magnitude,gmp --seeds 3
 
 Everything is generated or bundled offline (MNIST-1D by ``mnist1d.data.make_dataset``, digits by
@@ -11,15 +11,13 @@ model is fine-tuned with its mask kept. Training methods (gradual magnitude prun
 the same number of steps in their own way. Prints a table sparsity x method -> test accuracy and
 loss, and writes ``study.json`` and ``study.png`` (accuracy vs sparsity) to ``--out``.
 
-Methods are entries of a registry (:data:`METHODS`); a method whose jaxprune functions are not
-there (e.g. an older jaxprune) is skipped and listed. Add one with :func:`register`.
+Methods are entries of a registry (:data:`METHODS`); add one with :func:`register`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import pathlib
@@ -36,6 +34,9 @@ import optax
 import jaxprune
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
+# --quick's methods (unless --methods is given): compilation dominates a smoke test, and these
+# cover both kinds, both selections and the per-layer table with the fewest compilations.
+QUICK_METHODS = ("magnitude", "global_magnitude", "gmp")
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,8 +57,6 @@ class Method:
     name: the name used on the command line and in the table.
     description: one line for ``--help`` and the JSON.
     kind: "one-shot" or "training".
-    requires: the jaxprune names it needs (``"scores.obd"``, ``"prune"``, ...); the method is
-      skipped when one is missing.
     score, select, after: one-shot parts (see above).
     train: the training part.
     default: part of the default set of methods.
@@ -65,7 +64,6 @@ class Method:
   name: str
   description: str
   kind: str = "one-shot"
-  requires: tuple[str, ...] = ()
   score: Callable | None = None
   select: str = "layerwise"
   after: Callable | None = None
@@ -90,31 +88,6 @@ def register(method: Method) -> Method:
   return method
 
 
-def lookup(name: str):
-  """The jaxprune object called ``name`` ("prune", "scores.obd", ...), or None when absent.
-
-  The top-level name (``jaxprune.prune``) is tried first, then the public subpackages that
-  define such names (``jaxprune.transforms.prune``, ``jaxprune.compensation.compensate``).
-  """
-  candidates = [name]
-  if "." not in name:
-    candidates += [f"{sub}.{name}" for sub in ("transforms", "compensation", "schedules")]
-  for candidate in candidates:
-    *package, attr = candidate.split(".")
-    try:
-      module = importlib.import_module(".".join(["jaxprune", *package]))
-    except ImportError:
-      continue
-    if hasattr(module, attr):
-      return getattr(module, attr)
-  return None
-
-
-def missing(method: Method) -> list[str]:
-  """The names ``method`` requires that this jaxprune does not have."""
-  return [name for name in method.requires if lookup(name) is None]
-
-
 @dataclasses.dataclass
 class Context:
   """What the methods see: the model, its loss, the data, the settings and the dense params."""
@@ -135,14 +108,14 @@ def _calib_grads(ctx, params):
 
 
 def _obd(ctx, params, key):
-  method = "ggn" if isinstance(ctx.loss_fn, lookup("scores.ModelLoss") or ()) else "hutchinson"
-  return lookup("scores.obd")(ctx.loss_fn, params, ctx.x_calib, ctx.y_calib, key=key,
-                              probes=ctx.config.probes, method=method)
+  # ctx.loss_fn is a jaxprune.scores.ModelLoss (common.make_loss): the GGN is available
+  return jaxprune.scores.obd(ctx.loss_fn, params, ctx.x_calib, ctx.y_calib, key=key,
+                             probes=ctx.config.probes, method="ggn")
 
 
 def _compensate(ctx, params, masks):
-  return lookup("compensate")(ctx.loss_fn, params, masks, ctx.x_calib, ctx.y_calib,
-                              steps=ctx.config.cg_steps, damping=1e-3)
+  return jaxprune.compensate(ctx.loss_fn, params, masks, ctx.x_calib, ctx.y_calib,
+                             steps=ctx.config.cg_steps, damping=1e-3)
 
 
 def _gmp(ctx, sparsity, key):
@@ -157,28 +130,28 @@ def _gmp(ctx, sparsity, key):
   def make_tx(target):
     schedule = optax.polynomial_schedule(0.0, target, power=3, transition_steps=end)
     return optax.chain(ctx.config.optimizer(),
-                       lookup("prune")(sparsity=schedule, every=max(end // 15, 1), end=end))
+                       jaxprune.prune(sparsity=schedule, every=max(end // 15, 1), end=end))
 
   if "gmp" not in ctx.trainers:
     ctx.trainers["gmp"] = common.make_trainer(ctx.loss_fn, make_tx,
                                               batch_size=ctx.config.batch_size, steps=steps)
   params, state, _ = ctx.trainers["gmp"](ctx.dense_params, None, key, ctx.x_train, ctx.y_train,
                                          hyper=jnp.float32(sparsity))
-  return params, lookup("masks_of")(state)
+  return params, jaxprune.masks_of(state)
 
 
-def _dynamic(name):
+def _dynamic(wrapper):
   def train(ctx, sparsity, key):
     """Sparse training from the initial weights for the whole budget (dense + fine-tuning
     steps), ERK allocation, mask updates every ``steps/30`` steps until 75% of training."""
     steps = ctx.config.steps + ctx.config.finetune
     end = max(int(0.75 * steps), 1)
     mask_key, run_key = jax.random.split(key)
-    tx = lookup(name)(ctx.config.optimizer(), sparsity, every=max(end // 30, 1), end=end,
+    tx = wrapper(ctx.config.optimizer(), sparsity, every=max(end // 30, 1), end=end,
                       key=mask_key)
     run = common.make_trainer(ctx.loss_fn, tx, batch_size=ctx.config.batch_size, steps=steps)
     params, state, _ = run(ctx.init_params, None, run_key, ctx.x_train, ctx.y_train)
-    return params, lookup("masks_of")(state)
+    return params, jaxprune.masks_of(state)
   return train
 
 
@@ -191,22 +164,18 @@ register(Method("saliency", "|w*g| (first-order Taylor, SNIP), per layer",
 register(Method("random", "uniform random scores, per layer (baseline)",
                 score=lambda ctx, p, k: jaxprune.scores.random(p, k)))
 register(Method("obd", "Optimal Brain Damage 1/2*diag(H)*w^2 (Hutchinson on GGN), per layer",
-                requires=("scores.obd", "scores.ModelLoss"), score=_obd))
+                score=_obd))
 register(Method("taylor2", "|-g*w + 1/2*w*(Hw)| (one HVP), per layer",
-                requires=("scores.taylor2",),
-                score=lambda ctx, p, k: lookup("scores.taylor2")(ctx.loss_fn, p, ctx.x_calib,
-                                                                 ctx.y_calib)))
+                score=lambda ctx, p, k: jaxprune.scores.taylor2(ctx.loss_fn, p, ctx.x_calib,
+                                                                ctx.y_calib)))
 register(Method("magnitude_compensate", "|w| per layer, then jaxprune.compensate (CG on GGN)",
-                requires=("compensate", "scores.ModelLoss"),
                 score=lambda ctx, p, k: jaxprune.scores.magnitude(p), after=_compensate))
 register(Method("gmp", "gradual magnitude pruning (jaxprune.prune in optax.chain) while "
-                "fine-tuning", kind="training",
-                requires=("prune", "masks_of"), train=_gmp))
+                "fine-tuning", kind="training", train=_gmp))
 register(Method("rigl", "RigL sparse training from scratch (ERK)", kind="training",
-                requires=("rigl", "masks_of"), train=_dynamic("rigl")))
+                train=_dynamic(jaxprune.rigl)))
 register(Method("set", "SET sparse training from scratch (ERK)", kind="training",
-                requires=("sparse_evolution", "masks_of"), train=_dynamic("sparse_evolution"),
-                default=False))
+                train=_dynamic(jaxprune.sparse_evolution), default=False))
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,6 +191,7 @@ class StudyConfig(common.Config):
   calib: int = 1024
   probes: int = 16
   cg_steps: int = 50
+  per_layer: str = "global_magnitude"  # whose masks at the highest sparsity get a layer table
 
 
 def parse_args(argv=None) -> tuple[StudyConfig, pathlib.Path]:
@@ -230,8 +200,8 @@ def parse_args(argv=None) -> tuple[StudyConfig, pathlib.Path]:
   common.add_config_args(parser)
   names = ", ".join(f"{m.name}{'' if m.default else ' (not default)'}" for m in METHODS.values())
   parser.add_argument("--methods", default=None,
-                      help=f"comma-separated, or 'all' (default: every default method "
-                      f"available). Known: {names}")
+                      help=f"comma-separated, or 'all' (default: every default method; "
+                      f"--quick: {','.join(QUICK_METHODS)}). Known: {names}")
   parser.add_argument("--sparsities", default=None,
                       help="comma-separated fractions of zeros (default "
                       f"{','.join(map(str, DEFAULT_SPARSITIES))}; --quick: 0.5,0.9)")
@@ -241,11 +211,15 @@ def parse_args(argv=None) -> tuple[StudyConfig, pathlib.Path]:
                       help="training examples used by data-based scores and compensate "
                       "(default 1024)")
   parser.add_argument("--probes", type=int, default=None, help="Hutchinson probes for OBD")
+  parser.add_argument("--per-layer", default="global_magnitude",
+                      help="the one-shot method whose masks at the highest sparsity (first "
+                      "seed) are shown per layer (default global_magnitude)")
   parser.add_argument("--out", default="results", help="folder for study.json and study.png")
   args = parser.parse_args(argv)
   base = common.config_from_args(args)
   quick = args.quick
-  methods = _methods(args.methods, parser)
+  methods = (QUICK_METHODS if quick and args.methods is None
+             else _methods(args.methods, parser))
   sparsities = _sparsities(args.sparsities, parser) if args.sparsities else (
       (0.5, 0.9) if quick else DEFAULT_SPARSITIES)
   config = StudyConfig(
@@ -253,7 +227,9 @@ def parse_args(argv=None) -> tuple[StudyConfig, pathlib.Path]:
       seeds=args.seeds if args.seeds is not None else 1,
       calib=args.calib if args.calib is not None else (256 if quick else 1024),
       probes=args.probes if args.probes is not None else (4 if quick else 16),
-      cg_steps=10 if quick else 50)
+      cg_steps=10 if quick else 50, per_layer=args.per_layer)
+  if config.per_layer not in METHODS:
+    parser.error(f"unknown --per-layer {config.per_layer!r}; known: {', '.join(METHODS)}")
   if config.seeds < 1 or config.calib < 1 or config.probes < 1:
     parser.error("--seeds, --calib and --probes must be >= 1")
   return config, pathlib.Path(args.out)
@@ -297,9 +273,6 @@ def run_study(config: StudyConfig, *, progress: bool = True) -> dict:
 
   wall, cpu = time.perf_counter(), time.process_time()
   methods = [METHODS[n] for n in config.methods]
-  skipped = {m.name: f"needs jaxprune.{', jaxprune.'.join(missing(m))}" for m in methods
-             if missing(m)}
-  methods = [m for m in methods if m.name not in skipped]
   ctx, data = make_context(config)
   evaluate = common.make_evaluate(ctx.model)
   x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
@@ -354,7 +327,7 @@ def run_study(config: StudyConfig, *, progress: bool = True) -> dict:
             final, _, _ = finetune_run(pruned, dense_tx.init(pruned),
                                        jax.random.fold_in(mkey, 1 + int(1e6 * sparsity)),
                                        ctx.x_train, ctx.y_train, masks)
-          if (method.name == "global_magnitude" and seed == 0
+          if (method.name == config.per_layer and seed == 0
               and sparsity == max(config.sparsities)):
             per_layer = (sparsity, masks)
         else:
@@ -371,9 +344,8 @@ def run_study(config: StudyConfig, *, progress: bool = True) -> dict:
       "devices": [str(d) for d in jax.devices()],
       "dense": dense,
       "results": records,
-      "skipped": skipped,
       "per_layer": None if per_layer is None else {
-          "method": "global_magnitude", "sparsity": per_layer[0],
+          "method": config.per_layer, "sparsity": per_layer[0],
           "table": jaxprune.summary.table(per_layer[1]),
           "masks": per_layer[1]},
       "seconds": time.perf_counter() - wall,
@@ -447,8 +419,6 @@ def report(results: dict) -> str:
               format_table(results, "one_shot"), ""]
   lines += [f"after {c['finetune']} fine-tuning steps with the mask kept (one-shot methods), or "
             "at the end of training (training methods):", format_table(results, "final"), ""]
-  if results["skipped"]:
-    lines.append("skipped: " + "; ".join(f"{k} ({v})" for k, v in results["skipped"].items()))
   if results.get("per_layer"):
     p = results["per_layer"]
     lines += [f"per-layer sparsity of {p['method']} at {p['sparsity']:.0%} (seed 0):",
@@ -459,16 +429,18 @@ def report(results: dict) -> str:
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
-  """Accuracy vs sparsity, one line per method; two panels (one-shot, final)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  """Accuracy vs sparsity, one line per method; two panels (one-shot, final).
+
+  Uses matplotlib's object API (no ``pyplot``): the backend is left alone, nothing stays open.
+  """
+  from matplotlib.figure import Figure
 
   agg = aggregate(results)
   sparsities = results["config"]["sparsities"]
   methods = list(dict.fromkeys(r["method"] for r in results["results"]))
   dense = 100 * np.mean([d["accuracy"] for d in results["dense"]])
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  fig = Figure(figsize=(11, 4.2))
+  axes = fig.subplots(1, 2, sharey=True)
   titles = {"one_shot": "one-shot (no fine-tuning)",
             "final": f"after {results['config']['finetune']} fine-tuning steps / training"}
   for ax, phase in zip(axes, ("one_shot", "final")):
@@ -492,7 +464,6 @@ def plot(results: dict, path: pathlib.Path) -> None:
   fig.suptitle(f"jaxprune study: {c['model']} on {c['dataset']}")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def save(results: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:

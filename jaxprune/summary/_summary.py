@@ -1,12 +1,18 @@
-"""Sparsity summaries: per-leaf fractions (jit-able), text tables, logger scalars, plots."""
+"""Sparsity summaries: per-leaf fractions (jit-able), text tables, logger scalars."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 
 from jaxprune import filters
 from jaxprune.core import flatten_with_paths, is_array
+
+# Counts are exact int32 sums while a reduction stays below this many entries; larger leaves are
+# cut along their leading axes into pieces below it (module-level so a test can lower it).
+_INT32_LIMIT = 2**31 - 1
 
 
 def _default(path, leaf):
@@ -23,16 +29,35 @@ def _chosen(tree, where):
   return picked
 
 
-def _zeros(x):
-  if x.dtype == jnp.bool_:
-    return jnp.sum(~x, dtype=jnp.float32)
-  return jnp.sum(x == 0, dtype=jnp.float32)
+def count_zeros(x) -> jax.Array:
+  """The number of zeros (``False`` for bool leaves) in ``x``, for any size.
+
+  An exact ``int32`` count while ``x`` has fewer than 2³¹ entries; beyond that a ``float32``
+  sum of exact ``int32`` counts over pieces of ``x`` that each stay below 2³¹ entries, so no
+  size overflows (relative error ~1e-7).
+
+  >>> import jax.numpy as jnp
+  >>> int(count_zeros(jnp.array([[0., 1.], [0., 0.]])))
+  3
+  """
+  zero = ~x if x.dtype == jnp.bool_ else x == 0
+  if x.size <= _INT32_LIMIT:
+    return jnp.sum(zero, dtype=jnp.int32)
+  inner = 0  # the smallest trailing block of axes that still fits in an int32 count
+  while inner < x.ndim and math.prod(x.shape[x.ndim - inner - 1:]) <= _INT32_LIMIT:
+    inner += 1
+  if inner == 0:  # a single axis beyond int32: nothing exact to cut along
+    return jnp.sum(zero, dtype=jnp.float32)
+  axes = tuple(range(x.ndim - inner, x.ndim))
+  return jnp.sum(jnp.sum(zero, axis=axes, dtype=jnp.int32), dtype=jnp.float32)
 
 
 def sparsity(tree, where=None) -> dict:
   """Fraction of zeros per selected leaf and over all of them, as ``{path: x, "total": x}``.
 
-  For bool leaves (masks) a zero is ``False``. Works under ``jax.jit`` (values are 0-d arrays).
+  For bool leaves (masks) a zero is ``False``. Works under ``jax.jit`` (values are 0-d float32
+  arrays) and for trees of any size: the total is a weighted mean of per-leaf fractions, so
+  no integer count of 2³¹ entries or more is ever formed.
 
   Args:
     tree: params or masks.
@@ -44,10 +69,14 @@ def sparsity(tree, where=None) -> dict:
   {'w': 0.75, 'total': 0.75}
   """
   picked = _chosen(tree, where)
-  zeros = {p: _zeros(x) for p, x in picked}
-  out = {p: zeros[p] / max(x.size, 1) for p, x in picked}
-  total = sum(max(x.size, 1) for _, x in picked)
-  out["total"] = sum(zeros.values()) / total
+  total = sum(x.size for _, x in picked)
+  out, overall = {}, jnp.float32(0.0)
+  for p, x in picked:
+    zeros = count_zeros(x).astype(jnp.float32)
+    out[p] = zeros * (1.0 / x.size) if x.size else jnp.float32(0.0)
+    if total:
+      overall = overall + zeros * (1.0 / total)
+  out["total"] = overall
   return out
 
 
@@ -58,8 +87,9 @@ def scalars(tree, where=None, prefix: str = "sparsity/") -> dict[str, float]:
   >>> scalars({"dense": {"kernel": jnp.array([[0., 1.]])}})
   {'sparsity/dense/kernel': 0.5, 'sparsity/total': 0.5}
   """
-  values = jax.device_get(sparsity(tree, where))
-  return {prefix + k: float(v) for k, v in values.items()}
+  values = sparsity(tree, where)
+  host = jax.device_get(values)  # a dict comes back sorted: keep the leaves' order
+  return {prefix + k: float(host[k]) for k in values}
 
 
 def table(tree, where=None) -> str:
@@ -72,7 +102,7 @@ def table(tree, where=None) -> str:
   total             4      2    50.00%
   """
   picked = _chosen(tree, where)
-  zeros = jax.device_get([_zeros(x) for _, x in picked])
+  zeros = jax.device_get([count_zeros(x) for _, x in picked])
   rows = [(p, str(tuple(x.shape)), x.size, int(z)) for (p, x), z in zip(picked, zeros)]
   size, nz = sum(r[2] for r in rows), sum(r[3] for r in rows)
   rows.append(("total", "", size, nz))
@@ -86,30 +116,3 @@ def table(tree, where=None) -> str:
     right = [r[i].rjust(widths[i]) for i in (2, 3, 4)]
     lines.append("  ".join(left + right).rstrip())
   return "\n".join(lines)
-
-
-def plot(tree, where=None, path: str | None = None, title: str = "Sparsity per layer"):
-  """A horizontal bar chart of per-leaf sparsity (needs matplotlib); saved when ``path`` given.
-
-  Returns the matplotlib ``Figure``.
-  """
-  try:
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-  except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError("summary.plot needs matplotlib: pip install matplotlib") from err
-  values = {k: float(v) for k, v in jax.device_get(sparsity(tree, where)).items()}
-  names = list(values)
-  fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
-  ax.barh(names, [100 * values[n] for n in names], color="tab:blue")
-  ax.set_xlabel("sparsity (%)")
-  ax.set_xlim(0, 100)
-  ax.invert_yaxis()
-  ax.set_title(title)
-  fig.tight_layout()
-  if path is not None:
-    fig.savefig(path, dpi=120)
-  return fig
-
-
