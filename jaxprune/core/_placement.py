@@ -7,6 +7,23 @@ The only module that asks whether a value is concrete: eagerly, state arrays are
 from __future__ import annotations
 
 import jax
+import numpy as np
+
+
+def _place(x, sharding):
+  """``jax.device_put(x, sharding)``, also when ``sharding`` spans several processes.
+
+  ``device_put`` refuses devices of other processes; there every process builds its own shards
+  from its local value of ``x`` (the same in every process: a state's scalars and keys are
+  computed from the same inputs everywhere).
+  """
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: place their data
+    return jax.random.wrap_key_data(_place(jax.random.key_data(x), sharding),
+                                    impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _concrete(x) -> bool:
@@ -38,7 +55,7 @@ def replicated_like(tree, params):
 
   def place(x):
     if _concrete(x) and isinstance(x.sharding, jax.sharding.SingleDeviceSharding):
-      return jax.device_put(x, replicated)
+      return _place(x, replicated)
     return x
 
   return jax.tree_util.tree_map(place, tree)
@@ -52,5 +69,5 @@ def sharded_like(x, like):
   [True, True]
   """
   if _concrete(like) and not isinstance(x, jax.core.Tracer):
-    return jax.device_put(x, like.sharding)
+    return _place(x, like.sharding)
   return x

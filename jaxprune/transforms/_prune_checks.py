@@ -125,7 +125,8 @@ def sparsity_fn(sparsity, allocate, steps: UpdateSteps, where, straight_through)
   if callable(sparsity) and not is_array(sparsity):
     final = getattr(sparsity, "final", None)
     if final is None and steps.end is not None and is_static_number(steps.end):
-      final = float(sample(sparsity, [int(steps.end)])[0])
+      at_end = sample(sparsity, [int(steps.end)])
+      final = None if at_end is None else float(at_end[0])
     checked = check_sampled(sparsity, steps, straight_through)
     final = None if final is None else check_sparsity(float(final), "", "final sparsity")
     out = Sparsity(checked, None, final, allocate, where)
@@ -144,13 +145,20 @@ def sparsity_fn(sparsity, allocate, steps: UpdateSteps, where, straight_through)
   return out
 
 
-def sample(schedule, steps) -> np.ndarray:
-  """The schedule's values at static ``steps``, computed eagerly (one vectorised call)."""
+def sample(schedule, steps) -> np.ndarray | None:
+  """The schedule's values at static ``steps``, computed eagerly (one vectorised call).
+
+  None when the values are traced: a schedule that closes over an argument of an enclosing
+  ``jax.jit`` (e.g. ``optax.polynomial_schedule(0, target, …)`` with ``target`` traced, so that
+  one compilation serves every target) has no value before run time.
+  """
   with jax.ensure_compile_time_eval():
     values = jax.vmap(schedule)(jnp.asarray(steps, jnp.int32))
   if np.ndim(values) != 1:
     raise TypeError(f"a sparsity schedule must return a scalar; got values of shape "
                     f"{np.shape(values)[1:]}.")
+  if isinstance(values, jax.core.Tracer):
+    return None
   return np.asarray(values, np.float64)
 
 
@@ -163,6 +171,8 @@ def check_sampled(schedule, steps: UpdateSteps, straight_through: bool):
   if not at:
     return schedule
   values = sample(schedule, at)
+  if values is None:  # traced: nothing to check before run time (as for a traced constant)
+    return schedule
   bad = [(t, v) for t, v in zip(at, values) if not 0.0 <= v <= 1.0]
   if bad:
     raise ValueError(f"the sparsity schedule gives {bad[0][1]!r} at step {bad[0][0]}; "

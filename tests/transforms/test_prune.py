@@ -437,6 +437,24 @@ def test_optax_schedule_as_sparsity():
   assert [int(m.sum()) for m in kernel_paths(state.masks)] == [48, 128, 384]
 
 
+def test_schedule_closing_over_a_traced_target_compiles_once_for_every_target():
+  # optax.polynomial_schedule(0, target, ...) with target an argument of jax.jit: the schedule has
+  # no value before run time, so prune must not sample it while building the transform.
+  params = make_params()
+
+  @jax.jit
+  def final_masks(target):
+    tx = prune(sparsity=optax.linear_schedule(0.0, target, 10), every=5, end=10)
+    state = tx.init(params)
+    for _ in range(11):
+      _, state = tx.update(params, state, params)
+    return state.masks
+
+  for target, kept in [(0.5, [48, 128, 384]), (0.75, [24, 64, 192])]:
+    masks = final_masks(jnp.float32(target))
+    assert [int(m.sum()) for m in kernel_paths(masks)] == kept
+
+
 def test_straight_through_trains_dense_weights_and_recomputes_masks():
   params, batch = make_params(), make_batch()
   tx = optax.chain(optax.sgd(0.1, momentum=0.9),
