@@ -228,7 +228,7 @@ def disagree(directory: str, what: str) -> dict:
 
 
 def export_save(directory: str) -> dict:
-  """What ``jaxprune.export.save`` does today with params sharded across processes."""
+  """``jaxprune.export.save`` of params sharded across processes, then load on every process."""
   mesh = mesh_1d()
   params = sharded_params(mesh)
   masks = jax.jit(lambda s: jaxprune.masks.global_topk(s, 0.5))(jaxprune.scores.magnitude(params))
@@ -236,7 +236,7 @@ def export_save(directory: str) -> dict:
   try:
     path = jaxprune.export.save(Path(directory) / "export", params, masks)
     loaded, _ = jaxprune.export.load(path)
-    out["save"] = "ok"
+    out["save"], out["path"] = "ok", path
     out["equal"] = digest(jaxprune.apply_masks(params, masks)) == digest(loaded)
   except Exception as err:
     out["save"] = f"{type(err).__name__}: {str(err)[:500]}"
@@ -246,7 +246,7 @@ def export_save(directory: str) -> dict:
 
 def absent(directory: str) -> dict:
   """Process 1 never calls save: process 0 fails after the (shortened) agreement timeout."""
-  from jaxprune.checkpoint import _sync
+  from jaxprune.core import processes as _sync
 
   os.environ["JAXPRUNE_CHECKPOINT_TIMEOUT"] = "3"
   try:

@@ -123,12 +123,19 @@ def test_a_process_that_never_arrives_is_a_timeout_error_not_a_hang(cluster, tmp
       values[0]["save"])
 
 
-def test_export_save_gives_the_same_outcome_on_every_process(cluster, tmp_path):
-  """Documents export.save with cross-process params: it works, or fails alike everywhere."""
+def test_export_save_of_cross_process_params_writes_one_exact_file(cluster, tmp_path):
+  """Every process calls export.save: shards are gathered, process 0 writes, all get the path."""
   values = _values(cluster.run(sc.export_save, timeout=120, directory=str(tmp_path)))
-  assert values[0]["save"].split(":")[0] == values[1]["save"].split(":")[0]
-  if values[0]["save"] == "ok":
-    assert values[0]["equal"] and values[1]["equal"]
+  assert [v["save"] for v in values] == ["ok", "ok"], values
+  assert values[0]["equal"] and values[1]["equal"]
+  assert values[0]["path"] == values[1]["path"] == str(tmp_path / "export")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temporary left
+
+
+def test_export_save_failing_on_the_primary_fails_on_every_process(cluster, tmp_path):
+  (tmp_path / "export").write_bytes(b"already there")  # process 0 refuses to overwrite
+  values = _values(cluster.run(sc.export_save, timeout=120, directory=str(tmp_path)))
+  assert [v["save"].split(":")[0] for v in values] == ["FileExistsError"] * 2, values
 
 
 def test_a_hanging_scenario_fails_within_its_timeout(cluster):

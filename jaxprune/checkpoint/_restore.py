@@ -10,7 +10,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxprune.checkpoint import _manifest, _save, _sync, _target, _tree
+from jaxprune.checkpoint import _manifest, _save, _target, _tree
+from jaxprune.core import processes as _sync
 from jaxprune.core import describe, is_array
 
 

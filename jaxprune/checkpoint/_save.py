@@ -32,7 +32,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxprune.checkpoint import _manifest, _sync, _tree
+from jaxprune.checkpoint import _manifest, _tree
+from jaxprune.core import processes as _sync
 from jaxprune.core import describe
 
 

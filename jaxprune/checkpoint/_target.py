@@ -6,7 +6,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxprune.checkpoint import _sync, _tree
+from jaxprune.checkpoint import _tree
+from jaxprune.core import processes as _sync
 from jaxprune.core import describe, is_array, listing
 
 

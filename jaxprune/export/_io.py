@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from jaxprune import quantize as _q
-from jaxprune.core import at_path, describe, is_array, leaves_like
+from jaxprune.core import at_path, describe, is_array, leaves_like, processes
 from jaxprune.export import _codecs, _format
 from jaxprune.export._compress import _host
 
@@ -147,7 +147,10 @@ def save(path, params, masks=None, *, bits: int | None = None, axis: int | None 
   whatever their value (they load as 0, or as the zero point in the quantised form).
 
   The file is written to a temporary file, fsynced and renamed over ``path`` (never a partial
-  file); its layout (version 2, documented in ``jaxprune/export/_format.py``) keeps the
+  file). In a multi-process job (``jax.distributed``) every process calls ``save`` with the
+  same arguments: arrays sharded across processes are gathered to every host, process 0 writes
+  the file, and an error on any process is raised on every process (none waits forever). Its
+  layout (version 2, documented in ``jaxprune/export/_format.py``) keeps the
   container structure, so keys never collide (``{"a.b": x, "a": {"b": y}}`` round-trips).
 
   Args:
@@ -173,6 +176,28 @@ def save(path, params, masks=None, *, bits: int | None = None, axis: int | None 
   >>> params["w"].tolist(), masks["w"].tolist()
   ([0.0, 1.0, 2.0, 0.0], [False, True, True, False])
   """
+  options = dict(bits=bits, axis=axis, group_size=group_size, group_axis=group_axis,
+                 symmetric=symmetric, where=where, compression=compression, force=force)
+  if processes.count() == 1:
+    return _write(path, params, masks, **options)
+  operation = processes.next_operation("export")
+  shapes = jax.tree.map(lambda x: f"{getattr(x, 'dtype', type(x).__name__)}{np.shape(x)}",
+                        (params, masks))
+  processes.check_same(operation, "arguments", {"path": str(path), "tree": str(shapes)})
+  params, masks = processes.to_host((params, masks))  # collective: every process gathers
+  written, error = None, None
+  if processes.is_primary():
+    try:
+      written = _write(path, params, masks, **options)
+    except Exception as err:  # raised on every process by agree
+      error = err
+  processes.agree(operation, "write", error)
+  return processes.exchange(operation, "path", written or "")[0]
+
+
+def _write(path, params, masks, *, bits, axis, group_size, group_axis, symmetric, where,
+           compression, force) -> str:
+  """:func:`save` on one process."""
   if compression not in _codecs.COMPRESSIONS:
     raise ValueError(f"export.save: compression must be one of {_codecs.COMPRESSIONS}; got "
                      f"{compression!r}.")

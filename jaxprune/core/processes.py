@@ -1,6 +1,7 @@
 """Agreement between the processes of a multi-process JAX job (no-ops on one process).
 
-Every step of a multi-process save or restore ends in :func:`agree`: each process publishes
+Used by :mod:`jaxprune.checkpoint` and :func:`jaxprune.export.save`. Every step of a
+multi-process save or restore ends in :func:`agree`: each process publishes
 ``None`` (done) or the error it hit, through the key-value store of ``jax.distributed``'s
 coordination service, and waits (with a timeout) for all the others. A failure on one process
 therefore becomes the same clear error on every process at the next step, instead of the
@@ -27,7 +28,6 @@ import threading
 import jax
 import numpy as np
 
-_PREFIX = "jaxprune/checkpoint"
 _counter = {"n": 0}
 _lock = threading.Lock()
 
@@ -49,11 +49,16 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def next_operation() -> str:
+def next_operation(area: str = "checkpoint") -> str:
   """A name for one save/restore, equal on every process (each calls them in the same order)."""
   with _lock:
     _counter["n"] += 1
-    return f"{_PREFIX}/{_counter['n']}"
+    return f"jaxprune/{area}/{_counter['n']}"
+
+
+def _area(operation: str) -> str:
+  parts = operation.split("/")
+  return parts[1] if len(parts) > 2 else "checkpoint"
 
 
 def _client():
@@ -79,8 +84,9 @@ def exchange(operation: str, stage: str, text: str) -> list[str]:
         out.append(client.blocking_key_value_get(f"{base}/{i}", int(timeout_s() * 1000)))
       except Exception as err:  # deadline exceeded, or the coordination service went away
         raise TimeoutError(
-            f"checkpoint ({stage}): process {i} did not report within {timeout_s():.0f} s "
-            f"(it crashed, is stuck, or is not calling the same checkpoint function): "
+            f"{_area(operation)} ({stage}): process {i} did not report within "
+            f"{timeout_s():.0f} s (it crashed, is stuck, or is not calling the same "
+            f"{_area(operation)} function): "
             f"{type(err).__name__}: {str(err)[:200]}. Set JAXPRUNE_CHECKPOINT_TIMEOUT to "
             "wait longer.") from None
     return out
@@ -143,6 +149,32 @@ def check_same(operation: str, stage: str, what: dict[str, str]) -> None:
                  if j >= len(a) or j >= len(b) or a[j] != b[j]), 0)
     show = lambda lines: lines[line] if line < len(lines) else "(nothing more)"
     raise ValueError(
-        f"checkpoint: the processes disagree on the {name}: process 0 has {show(a)!r} where "
-        f"process {odd} has {show(b)!r}. Every process must make the same call (same {name}; "
+        f"{_area(operation)}: the processes disagree on the {name}: process 0 has "
+        f"{show(a)!r} where process {odd} has {show(b)!r}. Every process must make the same "
+        f"call (same {name}; "
         "e.g. build the tree from the same init function on every process).")
+
+
+def to_host(tree):
+  """``tree`` with every array leaf as a NumPy array holding its whole (global) value.
+
+  Arrays sharded across processes are gathered (``multihost_utils.process_allgather``, a
+  collective: every process must call this with trees of the same structure and shapes, in
+  the same order); other leaves are fetched with ``jax.device_get``; non-arrays stay as they
+  are.
+
+  >>> import jax.numpy as jnp
+  >>> to_host({"w": jnp.arange(3), "n": None, "k": 2})
+  {'k': 2, 'n': None, 'w': array([0, 1, 2], dtype=int32)}
+  """
+  def fetch(x):
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return x  # typed keys have no NumPy form; callers refuse them by name
+      if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return x
+
+  return jax.tree_util.tree_map(fetch, tree)
