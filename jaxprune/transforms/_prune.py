@@ -25,8 +25,9 @@ update steps between: a value outside [0, 1] (a percentage, say) or, without
 ``straight_through``, a decreasing schedule (masks never grow) is a ``ValueError``. A traced
 sparsity that is NaN or outside [0, 1] on an update step leaves the masks unchanged and raises
 a ``JaxRuntimeError`` from the host (``jax.debug.callback``, only when it happens). On every
-mask-update step, ``prune`` also checks that the weights it pruned before are still exactly 0:
-if not, it was not the last transform of the chain (``chain(prune(...), adamw(...))``), or it
+mask-update step, ``prune`` also checks that the weights it pruned before are still exactly 0
+(each pruned leaf has at most as many non-zeros as its mask kept; steps between mask updates
+are not checked, so misuse is reported at the next mask-update step, not the next step): if not, it was not the last transform of the chain (``chain(prune(...), adamw(...))``), or it
 is wrapped by an optimizer that moves the weights itself (``schedule_free(chain(..., prune))``,
 ``lookahead``), and it warns, saying so (``MisplacedPruneWarning``; make it an error with
 ``warnings.simplefilter("error", jaxprune.transforms.MisplacedPruneWarning)``).
@@ -106,24 +107,30 @@ def prune(score: Callable | None = None, *, sparsity: Any = None, every: int = 1
   def init_fn(params):
     masks = checks.initial_masks(params, sparsity_at, where)
     checks.select_output(select, score, kw, params, masks, sparsity_at, where)
-    return PruneState(count=replicated_like(zeros_count(), params), masks=masks)
+    count, kept = replicated_like((zeros_count(), checks.kept_counts(masks)), params)
+    return PruneState(count, masks, kept, jnp.zeros_like(kept, jnp.bool_))
 
   def update_fn(updates, state, params=None, **extra_args):
     checks.update_args(params, state)
     score_args, select_args = (k.pick(extra_args) for k in kw)
     sparsity_now, value = sparsity_at(params, state.count)
+    value = jnp.asarray(value, jnp.float32)
+    ok = (value >= 0) & (value <= 1)  # False for NaN: the masks are kept, and report raises
 
-    def recompute(masks):  # on mask-update steps only
-      found = checks.problems(value, masks, params, moved=not straight_through)
+    def recompute(masks, kept, misplaced):  # on mask-update steps only
+      if not straight_through:
+        misplaced = checks.moved(params, masks, kept)
       new = select(score(params, **score_args), sparsity_now, where=where,
                    previous=None if straight_through else masks, **select_args)
-      return checks.conform(new, masks, keep=~found[0]), found
+      new = checks.conform(new, masks, keep=~ok)
+      return new, checks.kept_counts(new), misplaced
 
-    masks, found = lax.cond(steps(state.count), recompute,
-                            lambda m: (m, checks.no_problems(params, m)), state.masks)
-    checks.report(found, value, params, masks, state.count)
+    update = steps(state.count)
+    masks, kept, misplaced = lax.cond(update, recompute, lambda *s: s, state.masks, state.kept,
+                                      state.misplaced)
+    checks.report(ok | ~update, misplaced & update, value, params, masks, state.count)
     if not straight_through:
       updates = masked_updates(updates, params, masks)
-    return updates, PruneState(count=increment(state.count), masks=masks)
+    return updates, PruneState(increment(state.count), masks, kept, misplaced)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -250,40 +250,45 @@ def update_args(params, state) -> None:
   leaves_like(params, state.masks, name="PruneState.masks")  # clear error on a mismatch
 
 
-def problems(value, masks, params, *, moved: bool = True):
-  """On a mask-update step: ``(ok, moved)``, traced bools, for :func:`report`.
+def kept_counts(masks):
+  """Per pruned leaf (flattening order), the entries ``masks`` keep: an int32 vector.
 
-  ``ok``: the sparsity ``value`` is in [0, 1] (not NaN). ``moved``: per masked leaf, whether
-  weights pruned by ``masks`` are no longer exactly 0 (all False when ``moved=False``).
+  Leaves of 2**31 entries or more are not counted (-1: never checked). One entry (-1) when
+  no leaf is pruned.
   """
-  value = jnp.asarray(value, jnp.float32)
-  ok = (value >= 0) & (value <= 1)
-  pairs = [(m, p) for m, p in zip(leaves_like(params, masks, name="masks"),
-                                  flatten_with_paths(params)[1]) if m is not None]
-  if not moved:
-    return ok, no_problems(params, masks)[1]
-  return ok, jnp.stack([jnp.any(~m & (p != 0)) for m, p in pairs] or [jnp.bool_(False)])
+  leaves = [m for m in jax.tree.leaves(masks, is_leaf=lambda x: x is None) if m is not None]
+  counts = [jnp.sum(m, dtype=jnp.int32) if m.size < 2**31 else jnp.int32(-1) for m in leaves]
+  return jnp.stack(counts or [jnp.int32(-1)])
 
 
-def no_problems(params, masks):
-  """What :func:`problems` gives on steps that are not checked."""
-  n = sum(m is not None for m in leaves_like(params, masks, name="masks")) or 1
-  return jnp.bool_(True), jnp.zeros((n,), jnp.bool_)
+def moved(params, masks, kept):
+  """Per pruned leaf: more non-zero weights than the masks ``kept`` (a bool vector).
 
-
-def report(found, value, params, masks, count) -> None:
-  """Raises or warns from the host (``jax.debug.callback``) only when ``found`` shows a problem.
-
-  A sparsity that is NaN or outside [0, 1] raises (the step fails with a ``JaxRuntimeError``);
-  weights pruned before that are no longer 0 warn (:class:`MisplacedPruneWarning`): ``prune``
-  is not the last transform before ``apply_updates``. Called outside the ``lax.cond`` of the
-  mask update: a callback inside it would make XLA copy the masks on every step.
+  If every pruned weight is 0 a leaf has at most ``kept`` non-zeros, so True means pruned
+  weights moved. Counts only read the params: a check that read the masks inside the
+  conditional that recomputes them would make XLA copy the masks on every step (issue 10.10).
   """
-  ok, moved = found
-  paths = flatten_with_paths(params)[0]
-  names = [p for p, m in zip(paths, leaves_like(params, masks, name="masks")) if m is not None]
+  leaves = [p for p, m in zip(flatten_with_paths(params)[1],
+                              leaves_like(params, masks, name="masks")) if m is not None]
+  if not leaves:
+    return jnp.zeros((1,), jnp.bool_)
+  nonzero = jnp.stack([jnp.sum(p != 0, dtype=jnp.int32) if p.size < 2**31 else jnp.int32(-1)
+                       for p in leaves])
+  return (kept >= 0) & (nonzero > kept)
 
-  def fail(ok, moved, value, count):
+
+def report(ok, misplaced, value, params, masks, count) -> None:
+  """Raises or warns from the host (``jax.debug.callback``) only when something is wrong.
+
+  ``ok`` False (a sparsity that is NaN or outside [0, 1] on a mask-update step) raises: the
+  step fails with a ``JaxRuntimeError``. ``misplaced`` (pruned weights found non-zero on this
+  mask-update step) warns (:class:`MisplacedPruneWarning`): ``prune`` is not the last
+  transform before ``apply_updates``. Nothing runs on the host when all is well.
+  """
+  names = [p for p, m in zip(flatten_with_paths(params)[0],
+                             leaves_like(params, masks, name="masks")) if m is not None]
+
+  def fail(ok, misplaced, value, count):
     if not ok:
       raise ValueError(
           f"jaxprune.prune: the sparsity at step {int(count)} is {float(value)!r}, not in [0, 1] "
@@ -291,7 +296,7 @@ def report(found, value, params, masks, count) -> None:
           "injected sparsity.")
     warnings.warn(
         f"jaxprune.prune: weights it pruned are no longer 0 at step {int(count)} (at "
-        f"{listing([n for n, bad in zip(names, moved) if bad])}): prune must be the last "
+        f"{listing([n for n, bad in zip(names, misplaced) if bad])}): prune must be the last "
         "transform of the optax.chain, and its updates applied as they are "
         "(optax.apply_updates), e.g. optax.chain(optax.adamw(1e-3), jaxprune.prune(...)). "
         "Wrappers that move the weights themselves (optax.contrib.schedule_free, "
@@ -300,8 +305,8 @@ def report(found, value, params, masks, count) -> None:
         stacklevel=2)
 
   value = jnp.asarray(value, jnp.float32)
-  lax.cond(~ok | jnp.any(moved), lambda: jax.debug.callback(fail, ok, moved, value, count),
-           lambda: None)
+  lax.cond(~ok | jnp.any(misplaced),
+           lambda: jax.debug.callback(fail, ok, misplaced, value, count), lambda: None)
 
 
 class MisplacedPruneWarning(UserWarning):

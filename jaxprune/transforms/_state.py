@@ -20,10 +20,18 @@ class PruneState(NamedTuple):
   Attributes:
     count: int32 scalar, the number of updates done so far (the step of the next update).
     masks: pytree like params: a bool array (True = kept) per pruned leaf, ``None`` elsewhere.
+    kept: int32 vector, one entry per pruned leaf (flattening order): the entries its mask
+      keeps, counted at the last mask update (-1 for leaves of 2**31 entries or more, which
+      are not checked; one -1 entry when no leaf is pruned).
+    misplaced: bool vector like ``kept``: True where the last mask-update step found more
+      non-zero weights than the mask kept before (pruned weights moved: ``prune`` is not the
+      last transform of the chain; a ``MisplacedPruneWarning`` said so).
   """
 
   count: jax.Array
   masks: Any
+  kept: jax.Array
+  misplaced: jax.Array
 
 
 class KeepSparseState(NamedTuple):
