@@ -27,7 +27,8 @@ sparsity that is NaN or outside [0, 1] on an update step leaves the masks unchan
 a ``JaxRuntimeError`` from the host (``jax.debug.callback``, only when it happens). On every
 mask-update step, ``prune`` also checks that the weights it pruned before are still exactly 0
 (each pruned leaf has at most as many non-zeros as its mask kept; steps between mask updates
-are not checked, so misuse is reported at the next mask-update step, not the next step): if not, it was not the last transform of the chain (``chain(prune(...), adamw(...))``), or it
+are not checked, so misuse is reported at the next mask-update step, not the next step): if
+not, it was not the last transform of the chain (``chain(prune(...), adamw(...))``), or it
 is wrapped by an optimizer that moves the weights itself (``schedule_free(chain(..., prune))``,
 ``lookahead``), and it warns, saying so (``MisplacedPruneWarning``; make it an error with
 ``warnings.simplefilter("error", jaxprune.transforms.MisplacedPruneWarning)``).
@@ -108,7 +109,8 @@ def prune(score: Callable | None = None, *, sparsity: Any = None, every: int = 1
     masks = checks.initial_masks(params, sparsity_at, where)
     checks.select_output(select, score, kw, params, masks, sparsity_at, where)
     count, kept = replicated_like((zeros_count(), checks.kept_counts(masks)), params)
-    return PruneState(count, masks, kept, jnp.zeros_like(kept, jnp.bool_))
+    target = replicated_like(jnp.zeros((), jnp.float32), params)  # all True: sparsity 0
+    return PruneState(count, masks, target, kept, jnp.zeros_like(kept, jnp.bool_))
 
   def update_fn(updates, state, params=None, **extra_args):
     checks.update_args(params, state)
@@ -131,6 +133,7 @@ def prune(score: Callable | None = None, *, sparsity: Any = None, every: int = 1
     checks.report(ok | ~update, misplaced & update, value, params, masks, state.count)
     if not straight_through:
       updates = masked_updates(updates, params, masks)
-    return updates, PruneState(increment(state.count), masks, kept, misplaced)
+    target = jnp.where(update & ok, value, state.sparsity)  # what the masks were computed for
+    return updates, PruneState(increment(state.count), masks, target, kept, misplaced)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -20,6 +20,8 @@ class PruneState(NamedTuple):
   Attributes:
     count: int32 scalar, the number of updates done so far (the step of the next update).
     masks: pytree like params: a bool array (True = kept) per pruned leaf, ``None`` elsewhere.
+    sparsity: float32 scalar, the target sparsity of the last mask update (0 before the
+      first), for logging: ``float(state.sparsity)``.
     kept: int32 vector, one entry per pruned leaf (flattening order): the entries its mask
       keeps, counted at the last mask update (-1 for leaves of 2**31 entries or more, which
       are not checked; one -1 entry when no leaf is pruned).
@@ -30,6 +32,7 @@ class PruneState(NamedTuple):
 
   count: jax.Array
   masks: Any
+  sparsity: jax.Array
   kept: jax.Array
   misplaced: jax.Array
 

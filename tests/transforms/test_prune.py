@@ -596,3 +596,15 @@ def test_runtime_errors_name_what_is_wrong():
 
   with pytest.raises(ValueError, match="select returned masks for other leaves"):
     prune(sparsity=0.5, select=wrong_leaves).init(params)
+
+
+def test_state_reports_the_target_sparsity_for_logging():
+  params = {"w": jnp.arange(1., 17.).reshape(4, 4)}
+  tx = prune(sparsity=lambda t: jnp.minimum(0.25 * t, 0.75), every=2)
+  state = tx.init(params)
+  assert float(state.sparsity) == 0.0
+  seen = []
+  for _ in range(4):
+    _, state = jax.jit(tx.update)(params, state, params)
+    seen.append(float(state.sparsity))
+  assert seen == [0.0, 0.0, 0.5, 0.5]  # updated on mask-update steps 0 and 2 only
