@@ -13,6 +13,7 @@ from jaxprune.core._placement import mesh_of, replicated_like, sharded_like
 from jaxprune.core._sparsity import check_sparsity, is_static_number
 from jaxprune.core._trees import (
     check_same_shape, is_array, is_floating, leaves_like, map_arrays)
+from jaxprune.core._variables import is_variable, unwrap_variables
 
 __all__ = [
     "Keywords",
@@ -29,6 +30,7 @@ __all__ = [
     "is_array",
     "is_floating",
     "is_static_number",
+    "is_variable",
     "key_to_str",
     "leaves_like",
     "listing",
@@ -39,4 +41,5 @@ __all__ = [
     "replicated_like",
     "sharded_like",
     "tree_paths",
+    "unwrap_variables",
 ]

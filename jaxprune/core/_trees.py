@@ -9,6 +9,7 @@ import numpy as np
 
 from jaxprune.core._errors import at_path, describe, listing
 from jaxprune.core._paths import flatten_with_paths
+from jaxprune.core._variables import unwrap_variables
 
 
 def is_array(x) -> bool:
@@ -27,10 +28,13 @@ def leaves_like(reference, other, *, name: str, ref_name: str = "params") -> lis
 
   Returns one entry of ``other`` per leaf of ``reference`` (``None`` entries of ``other`` are
   kept as ``None``). Raises a ``ValueError`` naming the first path where the trees differ.
+  flax nnx Variables (``nnx.Param``, the ``OptVariable`` leaves of ``nnx.Optimizer`` states)
+  are compared by the values they hold, so masks taken from an ``nnx.Optimizer`` align with
+  ``nnx.state(model, nnx.Param)``.
   """
-  _, _, treedef = flatten_with_paths(reference)
+  _, _, treedef = flatten_with_paths(unwrap_variables(reference))
   try:
-    return treedef.flatten_up_to(other)
+    return treedef.flatten_up_to(unwrap_variables(other))
   except (ValueError, TypeError) as err:
     raise ValueError(_mismatch_message(reference, other, name, ref_name, err)) from None
 

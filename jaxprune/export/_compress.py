@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.core import at_path, describe, flatten_with_paths, is_array, leaves_like
+from jaxprune.core import (
+    at_path, describe, flatten_with_paths, is_array, leaves_like, unwrap_variables)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -89,11 +90,12 @@ def compress(params, masks):
   ``apply_masks(params, masks)``.
 
   Args:
-    params: any pytree of arrays.
-    masks: a pytree like ``params``: a bool array (True = kept) or ``None`` per leaf.
+    params: any pytree of arrays (flax nnx Variables are unwrapped to the arrays they hold).
+    masks: a pytree like ``params``: a bool array (True = kept) or ``None`` per leaf (e.g.
+      ``masks_of(nnx_optimizer.opt_state)``).
 
   Returns:
-    A pytree like ``params`` with :class:`PackedLeaf` (numpy arrays) at the masked leaves.
+    A pytree like ``params`` (nnx Variables unwrapped) with :class:`PackedLeaf` (numpy arrays) at the masked leaves.
 
   >>> import numpy as np
   >>> c = compress({"w": np.array([[1., 0.], [3., 4.]]), "b": np.ones(2)},
@@ -101,6 +103,7 @@ def compress(params, masks):
   >>> c["w"].bits.tolist(), c["w"].values.tolist(), c["w"].shape
   ([144], [1.0, 4.0], (2, 2))
   """
+  params, masks = unwrap_variables(params), unwrap_variables(masks)  # nnx Param / OptVariable
   paths, leaves, treedef = flatten_with_paths(params)
   mask_leaves = leaves_like(params, masks, name="masks")
   out = [x if m is None else _pack_leaf(p, x, m) for p, x, m in zip(paths, leaves, mask_leaves)]
