@@ -22,6 +22,13 @@ class PackedLeaf:
       ``np.packbits`` (big bit order: entry 0 is the high bit of byte 0; padding bits are 0).
     values: ``dtype[kept]``, the kept entries in row-major order, in the param's dtype.
     shape: the param's shape.
+
+  >>> import numpy as np
+  >>> from jaxprune import export
+  >>> leaf = export.compress({"w": np.array([1., 0., 2., 0.])},
+  ...                        {"w": np.array([1, 0, 1, 0], bool)})["w"]
+  >>> leaf.values.tolist(), leaf.shape, leaf.bits.tolist()
+  ([1.0, 2.0], (4,), [160])
   """
 
   bits: jax.Array
@@ -95,7 +102,8 @@ def compress(params, masks):
       ``masks_of(nnx_optimizer.opt_state)``).
 
   Returns:
-    A pytree like ``params`` (nnx Variables unwrapped) with :class:`PackedLeaf` (numpy arrays) at the masked leaves.
+    A pytree like ``params`` (nnx Variables unwrapped) with :class:`PackedLeaf` (numpy
+    arrays) at the masked leaves.
 
   >>> import numpy as np
   >>> c = compress({"w": np.array([[1., 0.], [3., 4.]]), "b": np.ones(2)},
