@@ -20,6 +20,12 @@ class PruneState(NamedTuple):
   Attributes:
     count: int32 scalar, the number of updates done so far (the step of the next update).
     masks: pytree like params: a bool array (True = kept) per pruned leaf, ``None`` elsewhere.
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import transforms
+  >>> state = transforms.prune(sparsity=0.5).init({"w": jnp.ones((2, 2))})
+  >>> type(state).__name__, int(state.count), state.masks["w"].tolist()
+  ('PruneState', 0, [[True, True], [True, True]])
   """
 
   count: jax.Array
@@ -27,7 +33,14 @@ class PruneState(NamedTuple):
 
 
 class KeepSparseState(NamedTuple):
-  """State of :func:`jaxprune.keep_sparse`: the fixed masks (placed like the params)."""
+  """State of :func:`jaxprune.keep_sparse`: the fixed masks (placed like the params).
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import transforms
+  >>> state = transforms.keep_sparse({"w": jnp.array([True, False])}).init({"w": jnp.ones(2)})
+  >>> type(state).__name__, state.masks["w"].tolist()
+  ('KeepSparseState', [True, False])
+  """
 
   masks: Any
 
