@@ -3,6 +3,11 @@
 Every area (``scores``, ``masks``, ``allocate``, ``schedules``, ``transforms``, ...) builds on
 these helpers; they import nothing else from jaxprune. What several areas need lives here
 (or is public in its area): no area imports another area's private module.
+
+>>> import jax.numpy as jnp
+>>> from jaxprune import core
+>>> core.flatten_with_paths({"dense": {"kernel": jnp.ones((2, 2))}})[0]
+['dense/kernel']
 """
 
 from jaxprune.core._checks import Keywords, at_least_f32, check_int, check_key, count_dtype
