@@ -13,6 +13,20 @@ The jaxprune steps on an ``nnx.Module``:
                               wrt=nnx.Param)                # fine-tuning keeps the zeros
 
 Paths are the State's keys (``layers/0/kernel``; nnx's trailing ``value`` is dropped).
+
+Pruning *during* training with ``prune`` inside ``nnx.Optimizer`` (the last part of this
+script): ``nnx.Optimizer.update(model, grads, **kwargs)`` forwards ``kwargs`` to
+``tx.update`` (unwrapped to arrays), so score inputs go there. ``grads=`` would collide with
+its own ``grads`` argument (a ``TypeError``): give the gradients under another name::
+
+    score = lambda params, *, gradients: jaxprune.scores.saliency(params, gradients)
+    optimizer = nnx.Optimizer(model, optax.chain(optax.adamw(3e-3),
+                                                 jaxprune.prune(score, sparsity=schedule)),
+                              wrt=nnx.Param)
+    optimizer.update(model, grads, gradients=grads)        # in the jitted step
+    masks = jaxprune.masks_of(optimizer.opt_state)          # nnx OptVariable leaves: accepted
+    jaxprune.apply_masks(nnx.state(model, nnx.Param), masks)  # by apply_masks, topk(previous=),
+    jaxprune.export.compress(nnx.state(model, nnx.Param), masks)  # export.compress / save
 """
 
 from __future__ import annotations
@@ -69,6 +83,31 @@ def finetune_step(model, optimizer, x, y):
   return loss
 
 
+def saliency_score(params, *, gradients):
+  """|w·g| with the gradients under a name that ``nnx.Optimizer.update`` does not use itself."""
+  return jaxprune.scores.saliency(params, gradients)
+
+
+@nnx.jit
+def prune_step(model, optimizer, x, y):
+  loss, grads = nnx.value_and_grad(cross_entropy)(model, x, y)
+  optimizer.update(model, grads, gradients=grads)  # kwargs reach prune's score
+  return loss
+
+
+def train_while_pruning(model, config, data, sparsity, key):
+  """``config.finetune`` steps from dense to ``sparsity``: ``prune`` (saliency) in nnx.Optimizer."""
+  steps = max(config.finetune, 2)
+  schedule = jaxprune.schedules.polynomial(sparsity, begin=0, end=steps // 2)
+  tx = optax.chain(config.optimizer(),
+                   transforms.prune(saliency_score, sparsity=schedule, every=max(steps // 10, 1)))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  order = jax.random.randint(key, (steps, config.batch_size), 0, len(data.x_train))
+  for index in order:
+    prune_step(model, optimizer, data.x_train[index], data.y_train[index])
+  return jaxprune.masks_of(optimizer.opt_state)
+
+
 def evaluate(model, data):
   loss, acc = accuracy(model, data.x_test, data.y_test)
   return float(loss), float(acc)
@@ -107,14 +146,30 @@ def main(argv=None) -> dict:
   tuned = nnx.state(model, nnx.Param)
   still_zero = common.pruned_are_zero(tuned, masks)
 
+  # Prune during training instead: a fresh module, prune inside nnx.Optimizer, score inputs
+  # given through optimizer.update; the masks it holds feed apply_masks and export directly.
+  gradual_model = MLP(data.x_train.shape[1], config.width, data.num_classes,
+                      rngs=nnx.Rngs(config.seed))
+  gradual_masks = train_while_pruning(gradual_model, config, data, args.sparsity, train_key)
+  gradual_params = nnx.state(gradual_model, nnx.Param)
+  nnx.update(gradual_model, jaxprune.apply_masks(gradual_params, gradual_masks))  # a no-op
+  gradual = evaluate(gradual_model, data)
+  gradual_sparsity = jaxprune.summary.scalars(gradual_params)
+  packed = jaxprune.export.nbytes(jaxprune.export.compress(gradual_params, gradual_masks))
+  dense_bytes = sum(x.nbytes for x in jax.tree.leaves(gradual_params))
+
   print(f"flax nnx MLP on {config.dataset}: global magnitude pruning to {args.sparsity:.0%}")
   print(jaxprune.summary.table(tuned))
   print(f"{'':12}{'test acc':>10}{'test loss':>11}")
   for name, (loss, acc) in [("dense", dense), ("one-shot", one_shot), ("fine-tuned", final)]:
     print(f"{name:12}{100 * acc:9.1f}%{loss:11.3f}")
+  print(f"prune in nnx.Optimizer (saliency, {max(config.finetune, 2)} steps): test acc "
+        f"{100 * gradual[1]:.1f}%, loss {gradual[0]:.3f}, sparsity "
+        f"{gradual_sparsity['sparsity/total']:.1%}, export.compress {packed} of {dense_bytes} B")
   print(f"pruned weights still exactly 0 after {len(order)} nnx.Optimizer steps: {still_zero}")
   return {"dense": dense, "one_shot": one_shot, "final": final, "still_zero": still_zero,
-          "sparsity": jaxprune.summary.scalars(tuned)}
+          "sparsity": jaxprune.summary.scalars(tuned), "gradual": gradual,
+          "gradual_sparsity": gradual_sparsity}
 
 
 if __name__ == "__main__":

@@ -40,6 +40,15 @@ class CompensateInfo:
     damping: the absolute damping ``λ`` added to the curvature.
     curvature_scale: the estimated mean diagonal of the curvature over the kept weights.
     method: "ggn", "empirical_fisher" or "hessian" (static).
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune.compensation import compensate
+  >>> loss = lambda p, x: jnp.mean((x @ p["w"] - x.sum(1)) ** 2)
+  >>> x = jnp.array([[1., 1.], [1., 0.9]])
+  >>> _, info = compensate(loss, {"w": jnp.ones(2)}, {"w": jnp.array([True, False])}, x,
+  ...                      return_info=True)
+  >>> type(info).__name__, float(info.loss) <= float(info.loss_masked)
+  ('CompensateInfo', True)
   """
 
   loss_masked: jax.Array

@@ -3,6 +3,11 @@
 Every area (``scores``, ``masks``, ``allocate``, ``schedules``, ``transforms``, ...) builds on
 these helpers; they import nothing else from jaxprune. What several areas need lives here
 (or is public in its area): no area imports another area's private module.
+
+>>> import jax.numpy as jnp
+>>> from jaxprune import core
+>>> core.flatten_with_paths({"dense": {"kernel": jnp.ones((2, 2))}})[0]
+['dense/kernel']
 """
 
 from jaxprune.core._checks import Keywords, at_least_f32, check_int, check_key, count_dtype
@@ -13,6 +18,7 @@ from jaxprune.core._placement import mesh_of, replicated_like, sharded_like
 from jaxprune.core._sparsity import check_sparsity, is_static_number
 from jaxprune.core._trees import (
     check_same_shape, is_array, is_floating, leaves_like, map_arrays)
+from jaxprune.core._variables import is_variable, unwrap_variables
 
 __all__ = [
     "Keywords",
@@ -29,6 +35,7 @@ __all__ = [
     "is_array",
     "is_floating",
     "is_static_number",
+    "is_variable",
     "key_to_str",
     "leaves_like",
     "listing",
@@ -39,4 +46,5 @@ __all__ = [
     "replicated_like",
     "sharded_like",
     "tree_paths",
+    "unwrap_variables",
 ]

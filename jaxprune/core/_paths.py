@@ -10,7 +10,12 @@ _tree = jax.tree_util
 
 
 def key_to_str(key) -> str:
-  """The string form of one key entry of a ``tree_flatten_with_path`` path."""
+  """The string form of one key entry of a ``tree_flatten_with_path`` path.
+
+  >>> import jax
+  >>> key_to_str(jax.tree_util.DictKey("kernel")), key_to_str(jax.tree_util.SequenceKey(0))
+  ('kernel', '0')
+  """
   if isinstance(key, _tree.DictKey):
     return str(key.key)
   if isinstance(key, _tree.SequenceKey):

@@ -31,7 +31,12 @@ def _concrete(x) -> bool:
 
 
 def mesh_of(params):
-  """The mesh of the first concrete ``NamedSharding``'ed leaf of ``params``, or None."""
+  """The mesh of the first concrete ``NamedSharding``'ed leaf of ``params``, or None.
+
+  >>> import jax.numpy as jnp
+  >>> mesh_of({"w": jnp.ones(2)}) is None  # not placed on a mesh
+  True
+  """
   for leaf in jax.tree_util.tree_leaves(params):
     if _concrete(leaf) and isinstance(leaf.sharding, jax.sharding.NamedSharding):
       return leaf.sharding.mesh

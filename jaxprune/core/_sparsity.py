@@ -12,7 +12,12 @@ from jaxprune.core._errors import at_path, describe
 
 
 def is_static_number(x) -> bool:
-  """True for Python/numpy numbers and concrete 0-d arrays (not tracers)."""
+  """True for Python/numpy numbers and concrete 0-d arrays (not tracers).
+
+  >>> import jax.numpy as jnp
+  >>> is_static_number(0.5), is_static_number(jnp.array(0.5))
+  (True, True)
+  """
   if isinstance(x, (numbers.Number, np.number)):
     return True
   if isinstance(x, np.ndarray):
@@ -23,7 +28,11 @@ def is_static_number(x) -> bool:
 
 
 def check_sparsity(s, path: str, name: str = "sparsity"):
-  """Validates one sparsity value; returns a Python float when static, else the 0-d array."""
+  """Validates one sparsity value; returns a Python float when static, else the 0-d array.
+
+  >>> check_sparsity(0.5, "w")
+  0.5
+  """
   if isinstance(s, bool) or (hasattr(s, "dtype") and s.dtype == bool):
     raise TypeError(f"{name} at {at_path(path)} must be a float in [0, 1]; got a bool {s!r}.")
   if isinstance(s, complex) or (hasattr(s, "dtype") and jnp.issubdtype(s.dtype,

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.core import at_path, describe, flatten_with_paths, is_array, leaves_like
+from jaxprune.core import (
+    at_path, describe, flatten_with_paths, is_array, leaves_like, unwrap_variables)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -21,6 +22,13 @@ class PackedLeaf:
       ``np.packbits`` (big bit order: entry 0 is the high bit of byte 0; padding bits are 0).
     values: ``dtype[kept]``, the kept entries in row-major order, in the param's dtype.
     shape: the param's shape.
+
+  >>> import numpy as np
+  >>> from jaxprune import export
+  >>> leaf = export.compress({"w": np.array([1., 0., 2., 0.])},
+  ...                        {"w": np.array([1, 0, 1, 0], bool)})["w"]
+  >>> leaf.values.tolist(), leaf.shape, leaf.bits.tolist()
+  ([1.0, 2.0], (4,), [160])
   """
 
   bits: jax.Array
@@ -89,11 +97,13 @@ def compress(params, masks):
   ``apply_masks(params, masks)``.
 
   Args:
-    params: any pytree of arrays.
-    masks: a pytree like ``params``: a bool array (True = kept) or ``None`` per leaf.
+    params: any pytree of arrays (flax nnx Variables are unwrapped to the arrays they hold).
+    masks: a pytree like ``params``: a bool array (True = kept) or ``None`` per leaf (e.g.
+      ``masks_of(nnx_optimizer.opt_state)``).
 
   Returns:
-    A pytree like ``params`` with :class:`PackedLeaf` (numpy arrays) at the masked leaves.
+    A pytree like ``params`` (nnx Variables unwrapped) with :class:`PackedLeaf` (numpy
+    arrays) at the masked leaves.
 
   >>> import numpy as np
   >>> c = compress({"w": np.array([[1., 0.], [3., 4.]]), "b": np.ones(2)},
@@ -101,6 +111,7 @@ def compress(params, masks):
   >>> c["w"].bits.tolist(), c["w"].values.tolist(), c["w"].shape
   ([144], [1.0, 4.0], (2, 2))
   """
+  params, masks = unwrap_variables(params), unwrap_variables(masks)  # nnx Param / OptVariable
   paths, leaves, treedef = flatten_with_paths(params)
   mask_leaves = leaves_like(params, masks, name="masks")
   out = [x if m is None else _pack_leaf(p, x, m) for p, x, m in zip(paths, leaves, mask_leaves)]

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from jaxprune import quantize as _q
-from jaxprune.core import at_path, describe, is_array, leaves_like, processes
+from jaxprune.core import at_path, describe, is_array, leaves_like, processes, unwrap_variables
 from jaxprune.export import _codecs, _format
 from jaxprune.export._compress import _host
 
@@ -155,8 +155,10 @@ def save(path, params, masks=None, *, bits: int | None = None, axis: int | None 
 
   Args:
     path: the file to write.
-    params: any pytree of arrays (Python scalars and ``None`` leaves are kept too).
-    masks: pytree like ``params``: bool array (True = kept) or ``None`` per leaf; or ``None``.
+    params: any pytree of arrays (Python scalars and ``None`` leaves are kept too); flax nnx
+      Variables (``nnx.state(model, nnx.Param)``) are stored as the arrays they hold.
+    masks: pytree like ``params``: bool array (True = kept) or ``None`` per leaf; or ``None``
+      (e.g. ``masks_of(nnx_optimizer.opt_state)``: its ``OptVariable`` leaves are unwrapped).
     bits: ``None`` (store floats exactly), 8 or 4 (or 2..8).
     axis, group_size, group_axis, symmetric, where: quantisation options (see
       :func:`jaxprune.quantize.quantize`), used when ``bits`` is given.
@@ -178,6 +180,7 @@ def save(path, params, masks=None, *, bits: int | None = None, axis: int | None 
   """
   options = dict(bits=bits, axis=axis, group_size=group_size, group_axis=group_axis,
                  symmetric=symmetric, where=where, compression=compression, force=force)
+  params, masks = unwrap_variables(params), unwrap_variables(masks)  # nnx Param / OptVariable
   if processes.count() == 1:
     return _write(path, params, masks, **options)
   operation = processes.next_operation("export")

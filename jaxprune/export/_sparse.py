@@ -58,6 +58,13 @@ class NofMLeaf:
       (``0 <= i < m``) packed ``bits = 2`` (m <= 4), 4 (m <= 16) or 8 bits per index, the
       first index in the lowest bits of byte 0, in row-major order of ``values``.
     shape, n, m, axis: the param's shape and the layout.
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import export, masks
+  >>> w = jnp.arange(1., 9.).reshape(2, 4)
+  >>> leaf = export.compress_n_of_m(w, w % 2 == 0)  # 2 of every 4 kept
+  >>> type(leaf).__name__, leaf.values.shape, (leaf.n, leaf.m)
+  ('NofMLeaf', (2, 2), (2, 4))
   """
 
   values: jax.Array

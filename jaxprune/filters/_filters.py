@@ -47,17 +47,33 @@ class Filter:
 
 
 def min_ndim(n: int) -> Filter:
-  """Array leaves with at least ``n`` dimensions."""
+  """Array leaves with at least ``n`` dimensions.
+
+  >>> import numpy as np
+  >>> min_ndim(2)("w", np.zeros((2, 3))), min_ndim(2)("b", np.zeros(3))
+  (True, False)
+  """
   return Filter(lambda path, leaf: is_array(leaf) and leaf.ndim >= n, f"min_ndim({n})")
 
 
 def min_size(n: int) -> Filter:
-  """Array leaves with at least ``n`` elements."""
+  """Array leaves with at least ``n`` elements.
+
+  >>> import numpy as np
+  >>> min_size(4)("w", np.zeros((2, 2))), min_size(4)("b", np.zeros(3))
+  (True, False)
+  """
   return Filter(lambda path, leaf: is_array(leaf) and leaf.size >= n, f"min_size({n})")
 
 
 def regex(pattern: str) -> Filter:
-  """Leaves whose path matches ``pattern`` anywhere (``re.search``)."""
+  """Leaves whose path matches ``pattern`` anywhere (``re.search``).
+
+  >>> import numpy as np
+  >>> f = regex("layers/[0-9]+/kernel")
+  >>> f("layers/0/kernel", np.zeros((2, 2))), f("head/kernel", np.zeros((2, 2)))
+  (True, False)
+  """
   try:
     compiled = re.compile(pattern)
   except re.error as err:
@@ -66,19 +82,37 @@ def regex(pattern: str) -> Filter:
 
 
 def all_of(*filters: FilterLike) -> Filter:
-  """Leaves selected by every filter."""
+  """Leaves selected by every filter.
+
+  >>> import numpy as np
+  >>> f = all_of(regex("kernel"), min_size(4))
+  >>> f("dense/kernel", np.zeros((2, 2))), f("dense/kernel", np.zeros(2))
+  (True, False)
+  """
   fs = [resolve(f) for f in filters]
   return Filter(lambda p, x: all(f(p, x) for f in fs), "(" + " & ".join(map(repr, fs)) + ")")
 
 
 def any_of(*filters: FilterLike) -> Filter:
-  """Leaves selected by at least one filter."""
+  """Leaves selected by at least one filter.
+
+  >>> import numpy as np
+  >>> f = any_of(regex("embed"), min_ndim(2))
+  >>> f("embed", np.zeros(3)), f("dense/bias", np.zeros(3))
+  (True, False)
+  """
   fs = [resolve(f) for f in filters]
   return Filter(lambda p, x: any(f(p, x) for f in fs), "(" + " | ".join(map(repr, fs)) + ")")
 
 
 def not_(f: FilterLike) -> Filter:
-  """Leaves not selected by ``f``."""
+  """Leaves not selected by ``f``.
+
+  >>> import numpy as np
+  >>> f = not_(regex("head"))
+  >>> f("head/kernel", np.zeros((2, 2))), f("body/kernel", np.zeros((2, 2)))
+  (False, True)
+  """
   g = resolve(f)
   return Filter(lambda p, x: not g(p, x), f"~{g!r}")
 

@@ -32,6 +32,12 @@ class QuantizedLeaf:
     zero: ``int8`` zero points shaped like ``scale`` (asymmetric), or ``None`` (symmetric).
     bits: 2 to 8.
     dtype: the param's dtype, which :func:`dequantize` returns.
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import quantize
+  >>> q = quantize.quantize({"w": jnp.array([[1., -2., 0.5, 4.]])}, bits=8)["w"]
+  >>> type(q).__name__, q.bits, q.values.dtype, q.values.shape
+  ('QuantizedLeaf', 8, dtype('int8'), (1, 4))
   """
 
   values: jax.Array
@@ -55,7 +61,14 @@ jax.tree_util.register_dataclass(QuantizedLeaf, data_fields=["values", "scale", 
 
 
 def is_quantized(x) -> bool:
-  """True for a :class:`QuantizedLeaf` (use as ``is_leaf=`` when mapping quantised trees)."""
+  """True for a :class:`QuantizedLeaf` (use as ``is_leaf=`` when mapping quantised trees).
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import quantize
+  >>> q = quantize.quantize({"w": jnp.ones((2, 4))}, bits=8)
+  >>> is_quantized(q["w"]), is_quantized(jnp.ones(2))
+  (True, False)
+  """
   return isinstance(x, QuantizedLeaf)
 
 
@@ -296,7 +309,14 @@ def dequantize(tree):
 
 
 def quantized_nbytes(q: QuantizedLeaf) -> int:
-  """Bytes of a quantised leaf once packed (``bits`` per value) with its scales/zero points."""
+  """Bytes of a quantised leaf once packed (``bits`` per value) with its scales/zero points.
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import quantize
+  >>> q = quantize.quantize({"w": jnp.ones((4, 8))}, bits=4)["w"]
+  >>> quantized_nbytes(q), jnp.ones((4, 8)).nbytes
+  (48, 128)
+  """
   n = math.prod(q.shape)
   per = 2 if q.bits <= 4 else 1
   extra = 0 if q.zero is None else q.zero.size

@@ -56,6 +56,14 @@ def kept_channels(params, graph, *, tol: float = 0.0) -> dict:
   keep=kept_channels(params, graph))`` removes exactly the zeroed channels. A group whose
   channels are all zero keeps its largest-norm channel (``structure.prune`` refuses to remove
   every channel of a group).
+
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxprune import structure
+  >>> p = {"a": jnp.array([[1., 0., 2.]]), "b": jnp.array([[1.], [0.], [3.]])}
+  >>> graph = structure.trace(lambda p, x: jax.nn.relu(x @ p["a"]) @ p["b"], p, jnp.ones((1, 1)))
+  >>> hidden = graph.find("b", 0)[0].index
+  >>> kept_channels(p, graph)[hidden].tolist()
+  [0, 2]
   """
   kind, _ = _groups.parse(graph, "kept_channels")
   if kind != "graph":

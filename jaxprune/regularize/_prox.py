@@ -23,7 +23,15 @@ F32 = jnp.float32
 
 
 class RegularizeState(NamedTuple):
-  """State of the proximal transforms: ``count``, the number of updates done (int32)."""
+  """State of the proximal transforms: ``count``, the number of updates done (int32).
+
+  >>> import jax.numpy as jnp, optax
+  >>> from jaxprune import regularize
+  >>> tx = regularize.group_lasso(0.1, groups=0)
+  >>> state = tx.init({"w": jnp.ones((2, 2))})
+  >>> type(state).__name__, int(state.count)
+  ('RegularizeState', 0)
+  """
 
   count: jax.Array
 

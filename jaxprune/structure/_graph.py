@@ -18,6 +18,14 @@ class Member:
     indices: int array of shape ``(size, k)``: channel ``i`` of the group is the entries
       ``indices[i, :]`` along ``axis`` (``k = 1`` for a neuron or channel, ``k = head_dim``
       for an attention head of a flat projection; offsets for slices of a concatenation).
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import structure
+  >>> p = {"a": jnp.ones((3, 4)), "b": jnp.ones((4, 2))}
+  >>> g = structure.trace(lambda p, x: x @ p["a"] @ p["b"], p, jnp.ones((1, 3)))
+  >>> member = [m for m in g.find("a", 1)[0].members if m.path == "b"][0]
+  >>> member.path, member.axis
+  ('b', 0)
   """
   path: str
   axis: int
@@ -38,6 +46,14 @@ class Group:
     size: number of channels (neurons, filters, heads) in the group.
     prunable: whether the group's channels can be removed.
     reason: why not, when ``prunable`` is False (``None`` otherwise).
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import structure
+  >>> p = {"a": jnp.ones((3, 4)), "b": jnp.ones((4, 2))}
+  >>> g = structure.trace(lambda p, x: x @ p["a"] @ p["b"], p, jnp.ones((1, 3)))
+  >>> group = g.find("a", 1)[0]
+  >>> group.size, group.prunable, sorted((m.path, m.axis) for m in group.members)
+  (4, True, [('a', 1), ('b', 0)])
   """
   index: int
   members: tuple[Member, ...]
@@ -64,6 +80,13 @@ class Graph:
 
   Attributes:
     groups: the groups, ordered by the first parameter they cut.
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import structure
+  >>> p = {"a": jnp.ones((3, 4)), "b": jnp.ones((4, 2))}
+  >>> g = structure.trace(lambda p, x: x @ p["a"] @ p["b"], p, jnp.ones((1, 3)))
+  >>> type(g).__name__, [grp.size for grp in g.groups if grp.prunable]
+  ('Graph', [4])
   """
   groups: tuple[Group, ...]
   _traced: Any = dataclasses.field(default=None, repr=False)

@@ -61,6 +61,22 @@ def to_module(model, small_params):
   ``Conv``); attributes such as ``in_features`` keep their old values. The ``small_apply``
   that :func:`prune` returns is exact for any model; prefer it where a layer reads a
   hyperparameter (e.g. a head count) instead of an array shape.
+
+  >>> import jax, jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from jaxprune import structure
+  >>> class MLP(nnx.Module):
+  ...   def __init__(self, rngs):
+  ...     self.l1, self.l2 = nnx.Linear(3, 8, rngs=rngs), nnx.Linear(8, 2, rngs=rngs)
+  ...   def __call__(self, x):
+  ...     return self.l2(jax.nn.relu(self.l1(x)))
+  ...
+  >>> model = MLP(nnx.Rngs(0))
+  >>> fn, params = structure.from_module(model)
+  >>> small, _ = structure.prune(structure.trace(fn, params, jnp.ones((1, 3))), params, 0.5)
+  >>> small_model = structure.to_module(model, small)
+  >>> small_model.l1.kernel.shape, small_model(jnp.ones((1, 3))).shape
+  ((3, 4), (1, 2))
   """
   if _kind(model) == "nnx":
     from flax import nnx

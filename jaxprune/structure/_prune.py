@@ -158,6 +158,14 @@ def prune(graph: Graph, params, sparsity=None, *, scores="l2", keep: dict | None
     dense params with every removed entry zeroed (``jaxprune.apply_masks(params,
     structure.masks(graph, keep))``). Called with inputs of other shapes it re-traces
     ``apply_fn`` once per new shape.
+
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxprune import structure
+  >>> p = {"w1": jnp.arange(24.).reshape(3, 8), "w2": jnp.ones((8, 2))}
+  >>> f = lambda p, x: jax.nn.relu(x @ p["w1"]) @ p["w2"]
+  >>> small, small_f = structure.prune(structure.trace(f, p, jnp.ones((1, 3))), p, 0.5)
+  >>> small["w1"].shape, small["w2"].shape, small_f(small, jnp.ones((5, 3))).shape
+  ((3, 4), (4, 2), (5, 2))
   """
   t = _check_graph(graph)
   if (sparsity is None) == (keep is None):

@@ -84,13 +84,21 @@ class SparseTrainState(NamedTuple):
 
 
 def grow_by_gradient(params, *, grads, key):
-  """RigL's growth score: the dense-gradient magnitude ``|grads|`` (float32 or wider)."""
+  """RigL's growth score: the dense-gradient magnitude ``|grads|`` (float32 or wider).
+
+  >>> grow_by_gradient({"w": jnp.ones(2)}, grads={"w": jnp.array([-3., 1.])}, key=None)["w"]
+  Array([3., 1.], dtype=float32)
+  """
   del key  # deterministic
   return scores_lib.gradient(params, grads)
 
 
 def grow_at_random(params, *, grads, key):
-  """SET's growth score: uniform random numbers from ``key``."""
+  """SET's growth score: uniform random numbers from ``key``.
+
+  >>> grow_at_random({"w": jnp.ones((2, 3))}, grads=None, key=jax.random.key(0))["w"].shape
+  (2, 3)
+  """
   del grads  # random
   return scores_lib.random(params, key)
 
@@ -127,6 +135,11 @@ def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int =
   Returns:
     An optax ``GradientTransformationExtraArgs`` with :class:`SparseTrainState`. Extra
     arguments of its ``update`` are passed to ``inner``.
+
+  >>> tx = sparse_training(optax.sgd(0.5), masks={"w": jnp.array([True, False])}, grow=None)
+  >>> p = {"w": jnp.ones(2)}
+  >>> optax.apply_updates(p, tx.update(p, tx.init(p), p)[0])["w"].tolist()  # w1 stays 0
+  [0.5, 0.0]
   """
   inner = _as_transformation(inner, name)
   if (sparsity is None) == (masks is None):
@@ -206,6 +219,11 @@ def rigl(inner, sparsity=None, **options) -> optax.GradientTransformationExtraAr
   :func:`sparse_training` with ``grow=grow_by_gradient``: growth follows the magnitude of the
   incoming updates (the raw dense gradients when ``rigl`` gets them first, as usual), or of
   ``grads=`` when that extra argument is given. Options: those of :func:`sparse_training`.
+
+  >>> p = {"w": jnp.ones((8, 8))}
+  >>> tx = rigl(optax.sgd(0.1), 0.5, every=1, end=10, allocate="uniform", key=1)
+  >>> int(tx.update(p, tx.init(p), p)[1].masks["w"].sum())  # 32 of 64 active after a step
+  32
   """
   return sparse_training(inner, sparsity, grow=grow_by_gradient, name="rigl", **options)
 

@@ -314,4 +314,9 @@ class MisplacedPruneWarning(UserWarning):
 
   Turn it into an error with ``warnings.simplefilter("error", MisplacedPruneWarning)`` (the
   step then raises a ``JaxRuntimeError``).
+
+  >>> import warnings
+  >>> from jaxprune import transforms
+  >>> issubclass(transforms.MisplacedPruneWarning, UserWarning)
+  True
   """

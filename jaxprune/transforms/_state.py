@@ -28,6 +28,12 @@ class PruneState(NamedTuple):
     misplaced: bool vector like ``kept``: True where the last mask-update step found more
       non-zero weights than the mask kept before (pruned weights moved: ``prune`` is not the
       last transform of the chain; a ``MisplacedPruneWarning`` said so).
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import transforms
+  >>> state = transforms.prune(sparsity=0.5).init({"w": jnp.ones((2, 2))})
+  >>> type(state).__name__, int(state.count), state.masks["w"].tolist(), float(state.sparsity)
+  ('PruneState', 0, [[True, True], [True, True]], 0.0)
   """
 
   count: jax.Array
@@ -38,7 +44,14 @@ class PruneState(NamedTuple):
 
 
 class KeepSparseState(NamedTuple):
-  """State of :func:`jaxprune.keep_sparse`: the fixed masks (placed like the params)."""
+  """State of :func:`jaxprune.keep_sparse`: the fixed masks (placed like the params).
+
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import transforms
+  >>> state = transforms.keep_sparse({"w": jnp.array([True, False])}).init({"w": jnp.ones(2)})
+  >>> type(state).__name__, state.masks["w"].tolist()
+  ('KeepSparseState', [True, False])
+  """
 
   masks: Any
 
