@@ -182,6 +182,33 @@ def test_input_norms_through_jit_casts_and_transposed_kernels():
   np.testing.assert_allclose(norms["torch_style"][0], jnp.sqrt((x**2).sum(0)), rtol=1e-5)
 
 
+def test_input_norms_of_reshaped_kernels_im2col_and_refused_splits():
+  k1, k2, k3 = jax.random.split(jax.random.key(11), 3)
+  params = {"conv": jax.random.normal(k1, (3, 2, 4)),  # (window, in, out) as an im2col matmul
+            "heads": jax.random.normal(k2, (4, 2, 3)),  # (in, heads, head_dim) merged after
+            "split": jax.random.normal(k3, (6, 2))}  # (in, out) with its input axis split
+
+  def fn(p, x):  # x: (batch, length, in=2)
+    patches = jnp.concatenate([x[:, i:i + 4] for i in range(3)], axis=-1)  # (b, 4, 3*2)
+    h = patches @ p["conv"].reshape(6, 4)
+    h = h @ p["heads"].reshape(4, 6)
+    h = h.reshape(*h.shape[:2], 3, 2)
+    return jnp.einsum("btij,ijo->bto", h, p["split"].reshape(3, 2, 2))
+
+  x = jax.random.normal(jax.random.key(12), (5, 6, 2))
+  norms = jax.jit(lambda p, x: scores.input_norms(fn, p, x))(params, x)
+  patches = jnp.concatenate([x[:, i:i + 4] for i in range(3)], axis=-1)
+  want = jnp.sqrt((patches**2).sum((0, 1))).reshape(3, 2, 1)  # (window, in) row-major
+  assert norms["conv"].shape == (3, 2, 1)
+  np.testing.assert_allclose(norms["conv"], want, rtol=1e-5)
+  h = patches @ params["conv"].reshape(6, 4)
+  assert norms["heads"].shape == (4, 1, 1)
+  np.testing.assert_allclose(norms["heads"][:, 0, 0], jnp.sqrt((h**2).sum((0, 1))), rtol=1e-5)
+  assert norms["split"] is None  # a split input axis is not followed (no norms, no guess)
+  w = scores.wanda(params, norms)
+  np.testing.assert_allclose(w["conv"], jnp.abs(params["conv"]) * want, rtol=1e-5)
+
+
 def test_usable_as_prune_score_with_batch_and_key():
   from jaxprune import transforms  # noqa: PLC0415  (the training area, built alongside)
   params = _params(jax.random.key(9))

@@ -74,8 +74,10 @@ def input_norms(fn, params, *args, where=None):
   are summed over all its non-contracted axes (the batch, tokens, ...). Kernels used several
   times accumulate. This covers dense layers, attention projections and ``einsum``s (flax,
   equinox or plain JAX), also through ``jax.jit``, ``checkpoint`` and custom-derivative
-  calls. Not collected (None): convolution kernels (compute their im2col norms yourself) and
-  kernels sliced inside ``lax.scan``/``while_loop`` bodies (stacked layers). Wrap the call in
+  calls, and kernels reshaped before the product by merging neighbouring axes (an im2col
+  convolution ``patches @ kernel.reshape(-1, out)`` gets norms of shape ``(*window, in, 1)``).
+  Not collected (None): ``conv_general_dilated`` kernels (compute their im2col norms
+  yourself) and kernels sliced inside ``lax.scan``/``while_loop`` bodies (stacked layers). Wrap the call in
   ``jax.jit`` for speed on large models.
 
   Args:
@@ -104,7 +106,7 @@ def input_norms(fn, params, *args, where=None):
   closed = jax.make_jaxpr(lambda sel, rest, a: fn(rebuild(sel, rest), *a))(
       selected, others, args)
   flat_in = jax.tree.leaves((selected, others, args))
-  origin = ([(j, tuple(range(jnp.ndim(x)))) for j, x in enumerate(selected)]
+  origin = ([(j, tuple((a,) for a in range(jnp.ndim(x)))) for j, x in enumerate(selected)]
             + [None] * (len(flat_in) - len(selected)))
   acc = {}
   _run(closed.jaxpr, closed.consts, flat_in, origin, [leaves[i] for i in index], acc)
@@ -127,7 +129,8 @@ def _run(jaxpr, consts, values, origin, kernels, acc):
   """Evaluates ``jaxpr``; records input norms of dot_generals on tracked kernels in ``acc``.
 
   ``origin`` gives, per input, None or ``(kernel index, axes)``: the value is that kernel
-  (possibly cast or transposed) and its axis ``a`` is the kernel's axis ``axes[a]``.
+  (possibly cast, transposed or reshaped) and its axis ``a`` is the kernel's consecutive axes
+  ``axes[a]`` (a tuple: one axis, several merged by a reshape, or none for a new unit axis).
   """
   env, src = {}, {}
 
@@ -158,7 +161,43 @@ def _run(jaxpr, consts, values, origin, kernels, acc):
     elif name == "transpose" and ins[0] is not None:  # a view of the kernel, axes permuted
       j, axes = ins[0]
       src[eqn.outvars[0]] = (j, tuple(axes[a] for a in eqn.params["permutation"]))
+    elif name == "reshape" and ins[0] is not None:  # e.g. an im2col conv's (window, in) -> in
+      merged = _merged_axes(ins[0][1], invals[0].shape, eqn.params["new_sizes"])
+      if merged is not None:
+        src[eqn.outvars[0]] = (ins[0][0], merged)
   return [read(v) for v in jaxpr.outvars]
+
+
+def _merged_axes(axes, old_shape, new_shape):
+  """The kernel axes of each axis after a reshape that only merges neighbours, else None.
+
+  Splitting an axis (``(in,) -> (heads, head_dim)``) is not followed: the norms would have to
+  be split too, and a merge of non-consecutive kernel axes (after a transpose) has no layout
+  of the kernel's own.
+  """
+  out, i = [], 0
+  for size in new_shape:
+    group, prod = [], 1
+    while i < len(old_shape) and (prod < size or (size == 1 and not group
+                                                  and old_shape[i] == 1)):
+      group.append(i)
+      prod *= old_shape[i]
+      i += 1
+    if prod != size:
+      return None
+    out.append(group)
+  if any(old_shape[k] != 1 for k in range(i, len(old_shape))):
+    return None
+  if out:
+    out[-1].extend(range(i, len(old_shape)))  # trailing unit axes join the last one
+  result = []
+  for group in out:
+    kernel_axes = tuple(a for k in group for a in axes[k])
+    if kernel_axes != tuple(range(kernel_axes[0], kernel_axes[0] + len(kernel_axes))
+                            if kernel_axes else ()):
+      return None
+    result.append(kernel_axes)
+  return tuple(result)
 
 
 def _bind(eqn, invals):
@@ -192,12 +231,14 @@ def _record(eqn, invals, ins, kernels, acc):
       continue
     j, axes = ins[k]
     kernel, x = kernels[j], invals[x_pos]
-    c_k = tuple(axes[a] for a in c_k)  # contracted axes of the kernel itself
+    pairs = {a: axes[b] for a, b in zip(c_x, c_k)}  # activation axis -> its kernel axes
+    kernel_axes = sorted(a for group in pairs.values() for a in group)
+    if len(set(kernel_axes)) != len(kernel_axes):
+      continue  # one kernel axis contracted twice: no per-feature norm
     kept_x = sorted(c_x)
     sq = jnp.sum(jnp.square(h.as_f32(x)), tuple(a for a in range(x.ndim) if a not in kept_x))
-    pairs = dict(zip(c_x, c_k))  # activation axis -> kernel axis
-    order = [kept_x.index(a) for a in sorted(pairs, key=lambda a: pairs[a])]
-    sq = jnp.transpose(sq, order)
-    shape = [kernel.shape[a] if a in c_k else 1 for a in range(kernel.ndim)]
+    by_kernel_axis = sorted(pairs, key=lambda a: pairs[a][0] if pairs[a] else -1)
+    sq = jnp.transpose(sq, [kept_x.index(a) for a in by_kernel_axis])
+    shape = [kernel.shape[a] if a in kernel_axes else 1 for a in range(kernel.ndim)]
     sq = sq.reshape(shape)
     acc[j] = sq if j not in acc else acc[j] + sq
