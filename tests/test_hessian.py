@@ -1,5 +1,10 @@
 """Hessian/GGN-vector products and curvature diagonals against dense references on tiny models."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -292,3 +297,31 @@ def test_bad_inputs_give_clear_errors():
     scores.hessian_diag(MODEL, params, x, y[:3], method="empirical_fisher")
   with pytest.raises(ValueError, match="no floating array leaf"):
     scores.hvp(lambda p: 0.0, {"n": 3}, {"n": 3})
+
+
+_CHUNK_TAIL_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import common, jax, jax.numpy as jnp, jaxprune
+data = common.load_dataset("mnist1d")
+model = common.make_model("cnn", data)
+loss = common.make_loss(model)
+x, y = jnp.asarray(data.x_train[-500:]), jnp.asarray(data.y_train[-500:])
+f = jax.jit(lambda p: jaxprune.scores.obd(loss, p, x, y, method="fisher", batch_size=256))
+for i in range(4):
+  jax.block_until_ready(f(common.init_params(model, data, jax.random.key(i))))
+print("done")
+"""
+
+
+def test_fisher_diagonal_with_a_tail_chunk_does_not_hang():
+  # 500 examples in chunks of 256: one full chunk plus a tail of 244. Run side by side, the two
+  # vmapped chunks (each with a batched eigh) deadlocked XLA:CPU by the third call.
+  examples = pathlib.Path(__file__).resolve().parent.parent / "examples"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  try:
+    proc = subprocess.run([sys.executable, "-c", _CHUNK_TAIL_SCRIPT, str(examples)], env=env,
+                          capture_output=True, text=True, timeout=120)
+  except subprocess.TimeoutExpired:
+    pytest.fail("obd(method='fisher') with a tail chunk hung (XLA:CPU deadlock)")
+  assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]

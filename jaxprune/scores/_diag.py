@@ -189,7 +189,12 @@ def chunked_sum(fn, data, n: int, batch_size: int, zeros):
         lambda a: a[:full * batch_size].reshape((full, batch_size) + a.shape[1:]), data)
     acc = jax.lax.scan(lambda c, x: (add(c, fn(x)), None), acc, stacked)[0]
   if rest:
-    acc = add(acc, fn(jax.tree.map(lambda a: a[full * batch_size:], data)))
+    tail = jax.tree.map(lambda a: a[full * batch_size:], data)
+    if full:
+      # The tail chunk runs after the full ones, not beside them: XLA:CPU (jaxlib 0.10) can
+      # deadlock running two independent vmapped chunks (e.g. batched eigh) concurrently.
+      tail, acc = jax.lax.optimization_barrier((tail, acc))
+    acc = add(acc, fn(tail))
   return acc
 
 
