@@ -221,7 +221,8 @@ def evaluate(model: nn.Module, params, x, y) -> tuple[float, float]:
 
 
 def make_trainer(loss_fn: Callable, tx, *, batch_size: int = 128, steps: int = 1000,
-                 extra_args: Callable | None = None) -> Callable:
+                 extra_args: Callable | None = None,
+                 forward: Callable | None = None) -> Callable:
   """Builds ``run(params, opt_state, key, x, y, masks=None, hyper=None)``.
 
   ``run`` returns ``(params, opt_state, losses)``. It is jitted once and performs ``steps``
@@ -240,6 +241,9 @@ def make_trainer(loss_fn: Callable, tx, *, batch_size: int = 128, steps: int = 1
     steps: steps per call of ``run``.
     extra_args: optional ``extra_args(params, grads, x, y, key) -> dict`` of keyword arguments
       given to ``tx.update`` (e.g. ``grads=`` for a gradient-based pruning score).
+    forward: optional ``forward(params, opt_state) -> params`` that the loss is evaluated at
+      (e.g. ``jaxprune.transforms.masked_params`` for straight-through training); the
+      gradient is taken with respect to ``params``.
 
   Returns:
     The jitted ``run``; ``losses`` holds the training loss of every step.
@@ -250,14 +254,16 @@ def make_trainer(loss_fn: Callable, tx, *, batch_size: int = 128, steps: int = 1
   if is_factory and not callable(tx):
     raise TypeError(f"tx must be an optax GradientTransformation or a function hyper -> "
                     f"transformation; got {type(tx).__name__}.")
-  grad_fn = jax.value_and_grad(loss_fn)
+  grad_fn = jax.value_and_grad(
+      loss_fn if forward is None else lambda p, s, x, y: loss_fn(forward(p, s), x, y))
 
   def one_step(transform, carry, key, x, y, masks):
     params, opt_state = carry
     batch_key, extra_key = jax.random.split(key)
     index = jax.random.randint(batch_key, (batch_size,), 0, x.shape[0])
     xb, yb = x[index], y[index]
-    loss, grads = grad_fn(params, xb, yb)
+    loss, grads = (grad_fn(params, xb, yb) if forward is None
+                   else grad_fn(params, opt_state, xb, yb))
     kwargs = {} if extra_args is None else extra_args(params, grads, xb, yb, extra_key)
     updates, opt_state = transform.update(grads, opt_state, params, **kwargs)
     params = optax.apply_updates(params, updates)
