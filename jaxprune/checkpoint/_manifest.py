@@ -227,7 +227,7 @@ def read(path: Path, required: bool) -> dict | None:
                        f"{kind.__name__}); it is corrupted.")
   for e in manifest["empty_arrays"]:
     try:
-      np.dtype(e["dtype"]), tuple(int(d) for d in e["shape"]), tuple(e["path"])
+      _ = np.dtype(e["dtype"]), tuple(int(d) for d in e["shape"]), tuple(e["path"])
     except (KeyError, TypeError, ValueError) as err:
       raise ValueError(f"checkpoint: {str(file)!r} has a malformed empty_arrays entry {e!r}: "
                        f"{type(err).__name__}: {err}") from None

@@ -110,6 +110,7 @@ def restore(path, target=None, *, verify: bool = True):
   _sync.check_same(operation, "arguments", what)
   try:
     if verify:
+      assert manifest is not None  # read(required=True) raises instead
       _manifest.verify_files(path, manifest["files"], _sync.index(), _sync.count())
   except Exception as err:
     error = err
@@ -143,6 +144,7 @@ def restore(path, target=None, *, verify: bool = True):
     error.__cause__ = err
   _sync.agree(operation, "read", error)
   if wrapped:
+    assert out is not None  # a failed read raised in _sync.agree
     out = out[_manifest.ROOT]
   if escaped:
     out = _tree.unescape_tree(out)
@@ -163,7 +165,9 @@ def metadata(path) -> dict | None:
   >>> metadata(d + "/c")
   {'step': 100}
   """
-  return _manifest.read(checked_dir(path), required=True).get("metadata")
+  manifest = _manifest.read(checked_dir(path), required=True)
+  assert manifest is not None  # required=True raises instead
+  return manifest.get("metadata")
 
 
 def abstract(tree, sharding: jax.sharding.Sharding | Callable[[str, Any], Any] | None = None):

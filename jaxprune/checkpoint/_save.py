@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 
 import jax
+from jax import core as jax_core
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -52,7 +53,7 @@ def check_savable(tree, path: Path) -> list[dict]:
     if x is None or _tree.is_scalar(x):
       continue
     where = f"checkpoint.save({str(path)!r}): the leaf at {_tree.show(keys)}"
-    if isinstance(x, jax.core.Tracer):
+    if isinstance(x, jax_core.Tracer):
       raise TypeError(f"{where} is a tracer ({describe(x)}). Saving writes files on the host: "
                       "call it outside jax.jit / grad.")
     if isinstance(x, jax.ShapeDtypeStruct):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+from jax import core as jax_core
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -36,7 +37,7 @@ def unplaced(x) -> bool:
   """A target leaf that asks for no placement: abstract without sharding, or uncommitted."""
   if isinstance(x, jax.ShapeDtypeStruct):
     return x.sharding is None
-  return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and not x.committed
+  return isinstance(x, jax.Array) and not isinstance(x, jax_core.Tracer) and not x.committed
 
 
 def check_target(path, target, saved: dict) -> None:
@@ -148,13 +149,13 @@ def finish(tree, how: dict):
 
 def fill_empty(tree, empty: list[dict], target_entries: dict | None):
   """Puts the zero-size arrays (stored in the manifest only) back, placed like the target."""
-  empty = {tuple(e["path"]): e for e in empty}
-  if not empty:
+  by_path = {tuple(e["path"]): e for e in empty}
+  if not by_path:
     return tree
   entries, treedef = _tree.flatten(tree)
   out = []
   for keys, x in entries:
-    e = empty.get(keys)
+    e = by_path.get(keys)
     if e is None:
       out.append(x)
       continue

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numbers
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.core import at_path, is_array
@@ -44,7 +45,7 @@ def flatten(tree):
 
 
 def is_key_array(x) -> bool:
-  return is_array(x) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+  return is_array(x) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def is_scalar(x) -> bool:
@@ -91,9 +92,10 @@ def check_escapable(tree, where: str) -> None:
     with_path = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)[0]
     for kp, child in with_path:
       key = kp[0] if kp else None
-      if isinstance(key, jax.tree_util.DictKey) and _needs_escape(key.key):
+      dict_key = key if isinstance(key, jax.tree_util.DictKey) else None
+      if dict_key is not None and _needs_escape(dict_key.key):
         raise ValueError(
-            f"{where}: the key {key.key!r} at {show(keys + (key_name(key),))} contains '.' or "
+            f"{where}: the key {dict_key.key!r} at {show(keys + (key_name(key),))} contains '.' or "
             f"'%' inside a {type(node).__name__} (orbax joins names with '.', so it could "
             "collide with another leaf). Rename the key, or use a plain dict there (whose "
             "keys are escaped automatically).")

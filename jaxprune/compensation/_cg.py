@@ -45,7 +45,7 @@ def cg(operator, b, steps: int, tol):
     rs_new = dot(r, r)
     beta = jnp.where(rs > 0, rs_new / jnp.where(rs > 0, rs, 1.0), 0.0)
     p = [ri + beta * pi for ri, pi in zip(r, p)]
-    return i + ok.astype(jnp.int32), x, r, p, rs_new, ok
+    return i + jnp.asarray(ok).astype(jnp.int32), x, r, p, rs_new, ok
 
   init = (jnp.zeros((), jnp.int32), zeros, b, b, rs0, jnp.ones((), bool))
   i, x, _, _, _, ok = jax.lax.while_loop(cond, body, init)

@@ -193,7 +193,8 @@ def compensate(loss_fn, params, masks, *args, steps: int = 50, damping=0.01,
   info = CompensateInfo(
       loss_masked=losses[0], loss=jnp.where(ok, loss_new, losses[0]),
       step_size=jnp.where(ok, best, 0.0), cg_iterations=iterations,
-      negative_curvature=negative, damping=lam, curvature_scale=scale, method=method)
+      negative_curvature=negative,  # pyright: ignore[reportArgumentType]
+      damping=lam, curvature_scale=scale, method=method)
   return out, info
 
 
@@ -260,11 +261,11 @@ def _check_number(value, name, example, allow_none=False):
   is_real = (isinstance(value, (numbers.Real, np.number)) and not isinstance(value, bool)
              and not isinstance(value, (complex, np.complexfloating)))
   is_scalar_array = (is_array(value) and getattr(value, "shape", None) == ()
-                     and jnp.issubdtype(value.dtype, jnp.floating))
+                     and jnp.issubdtype(getattr(value, "dtype"), jnp.floating))
   if not (is_real or is_scalar_array):
     raise TypeError(f"{_NAME}: {name} must be a real number >= 0; got {describe(value)} "
                     f"({value!r}). E.g. {example}.")
-  if is_real and not float(value) >= 0.0:
+  if is_real and not float(value) >= 0.0:  # pyright: ignore[reportArgumentType]
     raise ValueError(f"{_NAME}: {name} must be >= 0; got {value!r}. E.g. {example}.")
 
 

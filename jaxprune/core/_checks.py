@@ -7,6 +7,7 @@ import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
+from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,7 +35,7 @@ def check_int(value, name: str, *, minimum: int = 0, context: str = "", arrays: 
     return int(value)
   if arrays and hasattr(value, "dtype") and np.ndim(value) == 0 and jnp.issubdtype(
       value.dtype, jnp.integer):
-    if not isinstance(value, jax.core.Tracer) and int(value) < minimum:
+    if not isinstance(value, jax_core.Tracer) and int(value) < minimum:
       raise ValueError(f"{_who(context)}{name} must be >= {minimum}; got {int(value)}.")
     return value
   kind = "an int (or an integer 0-d array)" if arrays else "a Python int"
@@ -52,8 +53,8 @@ def check_key(key, context: str = ""):
   if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
     return jax.random.key(int(key))
   if hasattr(key, "dtype") and (
-      jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-      or (key.dtype == jnp.uint32 and tuple(np.shape(key)) == (2,))):
+      jnp.issubdtype(getattr(key, "dtype"), jax.dtypes.prng_key)
+      or (getattr(key, "dtype") == jnp.uint32 and tuple(np.shape(key)) == (2,))):
     return key
   hint = " It draws random numbers: pass key=jax.random.key(0)." if key is None else ""
   raise TypeError(f"{_who(context)}key must be a jax.random.key, a jax.random.PRNGKey or an int "
@@ -136,7 +137,7 @@ def count_dtype(total: int):
   """
   if total < 2**31 - 1:
     return jnp.int32
-  if jax.config.jax_enable_x64:
+  if jax.config.jax_enable_x64:  # pyright: ignore[reportAttributeAccessIssue]
     return jnp.int64
   raise ValueError(
       f"the selected leaves hold {total} entries, more than int32 counts allow; enable 64-bit "

@@ -7,6 +7,8 @@ The only module that asks whether a value is concrete: eagerly, state arrays are
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+from jax import core as jax_core
 import numpy as np
 
 
@@ -19,7 +21,7 @@ def _place(x, sharding):
   """
   if sharding.is_fully_addressable:
     return jax.device_put(x, sharding)
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: place their data
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: place their data
     return jax.random.wrap_key_data(_place(jax.random.key_data(x), sharding),
                                     impl=jax.random.key_impl(x))
   host = np.asarray(x)
@@ -27,7 +29,7 @@ def _place(x, sharding):
 
 
 def _concrete(x) -> bool:
-  return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+  return isinstance(x, jax.Array) and not isinstance(x, jax_core.Tracer)
 
 
 def mesh_of(params):
@@ -73,6 +75,6 @@ def sharded_like(x, like):
   >>> sharded_like(jnp.ones(2, bool), jnp.zeros(2)).tolist()
   [True, True]
   """
-  if _concrete(like) and not isinstance(x, jax.core.Tracer):
+  if _concrete(like) and not isinstance(x, jax_core.Tracer):
     return _place(x, like.sharding)
   return x

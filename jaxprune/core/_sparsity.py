@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 
 import jax
+from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,7 +23,7 @@ def is_static_number(x) -> bool:
     return True
   if isinstance(x, np.ndarray):
     return x.ndim == 0
-  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+  if isinstance(x, jax.Array) and not isinstance(x, jax_core.Tracer):
     return x.ndim == 0
   return False
 

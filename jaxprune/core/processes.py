@@ -26,6 +26,8 @@ import os
 import threading
 
 import jax
+import jax.numpy as jnp
+from jax import core as jax_core
 import numpy as np
 
 _counter = {"n": 0}
@@ -168,8 +170,8 @@ def to_host(tree):
   {'k': 2, 'n': None, 'w': array([0, 1, 2], dtype=int32)}
   """
   def fetch(x):
-    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
-      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    if isinstance(x, jax.Array) and not isinstance(x, jax_core.Tracer):
+      if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         return x  # typed keys have no NumPy form; callers refuse them by name
       if x.is_fully_addressable:
         return np.asarray(jax.device_get(x))

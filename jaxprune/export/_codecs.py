@@ -11,6 +11,7 @@ import lzma
 import zlib
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 
 class CorruptError(ValueError):
@@ -32,7 +33,7 @@ def _compress(data: bytes, codec: str) -> bytes:
   return data
 
 
-def _decompress(data: bytes, codec: str, size: int) -> bytes:
+def _decompress(data: bytes, codec: str | None, size: int) -> bytes:
   """Decompresses at most ``size + 1`` bytes (a tampered stream cannot blow up memory)."""
   try:
     if codec == "raw":
@@ -85,7 +86,7 @@ def encode_values(array: np.ndarray, compression: str = "best"):
   return {"codec": codec, "shuffle": bool(shuffle), "raw_length": int(a.nbytes)}, data
 
 
-def decode_values(meta: dict, data: bytes, dtype: np.dtype, count: int) -> np.ndarray:
+def decode_values(meta: dict, data: bytes, dtype: DTypeLike, count: int) -> np.ndarray:
   """The inverse of :func:`encode_values`: ``dtype[count]``."""
   dtype = np.dtype(dtype)
   size = count * dtype.itemsize

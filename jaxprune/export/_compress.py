@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 import jax
+from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,8 +32,8 @@ class PackedLeaf:
   ([1.0, 2.0], (4,), [160])
   """
 
-  bits: jax.Array
-  values: jax.Array
+  bits: jax.Array | np.ndarray
+  values: jax.Array | np.ndarray
   shape: tuple[int, ...]
 
   @property
@@ -53,7 +54,7 @@ def _is_packed(x) -> bool:
 
 
 def _host(path: str, x, what: str) -> np.ndarray:
-  if isinstance(x, jax.core.Tracer):
+  if isinstance(x, jax_core.Tracer):
     raise TypeError(
         f"compress: {what} at {at_path(path)} is a tracer ({describe(x)}). compress is host-side "
         "(its output size depends on the mask): call it outside jax.jit.")
@@ -74,7 +75,7 @@ def _pack_leaf(path: str, x, mask) -> PackedLeaf:
     raise ValueError(
         f"compress: mask at {at_path(path)} has shape {tuple(mask.shape)} but params there have "
         f"shape {tuple(x.shape)}. Compute the masks from these params.")
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
     raise TypeError(f"compress: params at {at_path(path)} is a PRNG key array; only numeric "
                     "leaves can be compressed (give it a None mask).")
   m = _host(path, mask, "the mask")
@@ -134,7 +135,7 @@ def _unpack_leaf(path: str, leaf: PackedLeaf):
         f"decompress: values at {at_path(path)} are {np.dtype(values.dtype)}, which JAX would "
         f"turn into {jax.dtypes.canonicalize_dtype(values.dtype)}; enable 64-bit types "
         "(jax.config.update('jax_enable_x64', True)) to decompress them exactly.")
-  if isinstance(bits, jax.core.Tracer) or isinstance(values, jax.core.Tracer):
+  if isinstance(bits, jax_core.Tracer) or isinstance(values, jax_core.Tracer):
     return _unpack(jnp.asarray(bits), jnp.asarray(values), leaf.shape)
   # Concrete input: a numpy scatter, faster than compiling a scan for every leaf shape.
   mask = np.unpackbits(np.asarray(bits), count=n).astype(bool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxprune import quantize as _q
@@ -69,7 +70,7 @@ class _Blobs:
 
 
 def _array(path: str, x) -> np.ndarray:
-  if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+  if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
     raise TypeError(f"export.save: the leaf at {at_path(path)} is a PRNG key array; save "
                     "jax.random.key_data(key) instead.")
   v = _host(path, x, "the leaf")
@@ -94,7 +95,8 @@ def _storable(dtype) -> bool:
 def _entry(path, x, mask, blobs: _Blobs, compression: str) -> dict:
   if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
     kind = type(x).__name__
-    return {"kind": "scalar", "type": kind, "value": x.hex() if kind == "float" else str(x)}
+    value = float(x).hex() if kind == "float" else str(x)
+    return {"kind": "scalar", "type": kind, "value": value}
   if _q.is_quantized(x):
     return _quantized_entry(path, x, mask, blobs, compression)
   if not is_array(x):

@@ -116,6 +116,7 @@ def _decode(entry, blobs, where, verify):
   if kind == "sparse" or entry.get("mask") is not None:
     mask = _codecs.decode_mask(entry["mask"], get("mask"), n)
   if kind == "sparse":
+    assert mask is not None
     dense = np.zeros(n, dtype)
     dense[mask] = _codecs.decode_values(entry["values"], get("values"), dtype, int(mask.sum()))
     return dense.reshape(shape), mask.reshape(shape)

@@ -67,8 +67,8 @@ class NofMLeaf:
   ('NofMLeaf', (2, 2), (2, 4))
   """
 
-  values: jax.Array
-  indices: jax.Array
+  values: jax.Array | np.ndarray
+  indices: jax.Array | np.ndarray
   shape: tuple[int, ...]
   n: int
   m: int

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numbers
 
 import jax
+from jax import core as jax_core
 import numpy as np
 
 from jaxprune.core import at_path, check_sparsity, describe
 
 
 def is_traced(x) -> bool:
-  return isinstance(x, jax.core.Tracer)
+  return isinstance(x, jax_core.Tracer)
 
 
 def pattern(sparsity, n, m, *, path: str = "", fn: str = "oneshot") -> tuple[float, int | None,
@@ -71,7 +72,7 @@ def block_size(block, fn: str) -> int:
 
 
 def nonneg(value, name: str, fn: str) -> float:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0:
     raise ValueError(f"{fn}: {name} must be a float >= 0; got {value!r}.")
   return float(value)
 
@@ -79,7 +80,8 @@ def nonneg(value, name: str, fn: str) -> float:
 def bits(value, fn: str):
   if value is None:
     return None
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 2 <= value <= 16:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+      or not 2 <= int(value) <= 16):
     raise ValueError(f"{fn}: bits must be None (no quantisation) or an int in [2, 16]; got "
                      f"{value!r}.")
   return int(value)

@@ -268,8 +268,8 @@ def select(score, s, n, m, *, per: str, fn: str):
     _checks.groups(n, m, score.shape[0], fn)
     return _masks.n_of_m({"s": score}, n, m, axis=0)["s"]
   if per == "layer":
-    return top_flat(score, _masks.keep_count(score.size, s))
-  return per_output(score, _masks.keep_count(score.shape[0], s))
+    return top_flat(score, _masks.keep_count(score.size, s))  # pyright: ignore
+  return per_output(score, _masks.keep_count(score.shape[0], s))  # pyright: ignore
 
 
 def top_flat(score, keep: int):

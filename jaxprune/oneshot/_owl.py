@@ -49,7 +49,7 @@ def options(owl, fn):
                     f"got {owl!r}.")
   for name in ("lam", "m"):
     v = getattr(owl, name)
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v) >= 0:
       raise ValueError(f"{fn}: OWL {name} must be a float >= 0; got {v!r}.")
   return owl
 

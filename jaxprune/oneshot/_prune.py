@@ -143,7 +143,8 @@ def _sparsities(params, sparsity, n, where, options, fn):
   chosen = filters.select(params, where)
   if n is not None:
     return [1.0 if c else None for c in chosen]
-  if isinstance(sparsity, (numbers.Real, np.ndarray, jax.Array)) and np.ndim(sparsity) == 0:
+  if isinstance(sparsity, (numbers.Real, np.ndarray, jax.Array)) and np.ndim(
+      sparsity) == 0:  # pyright: ignore[reportArgumentType]
     s = _checks.pattern(sparsity, None, None, fn=fn)[0]
     return [s if c else None for c in chosen]
   if options is not None:
@@ -291,7 +292,7 @@ def _collect(plans, batches, runners, k, method, keep):
 def _dense_norms(plans, batches, layers, store):
   """``sum x²`` per input of every layer on the dense model (one pass per batch)."""
   wanted = {k: i for i, (k, _) in enumerate(layers)}
-  norms = [None] * len(layers)
+  norms: list = [None] * len(layers)
   for b, batch in enumerate(batches):
     runner = plans.start(b, batch)
     for k, i in wanted.items():

@@ -40,9 +40,9 @@ class QuantizedLeaf:
   ('QuantizedLeaf', 8, dtype('int8'), (1, 4))
   """
 
-  values: jax.Array
-  scale: jax.Array
-  zero: jax.Array | None
+  values: jax.Array | np.ndarray
+  scale: jax.Array | np.ndarray
+  zero: jax.Array | np.ndarray | None
   bits: int
   dtype: Any
 
@@ -83,7 +83,7 @@ def _check_int(name, v, *, allow_none=False):
 
 def check_options(bits, axis, group_size, group_axis, symmetric) -> None:
   """Static checks of the quantisation options (before any leaf is seen)."""
-  bits = _check_int("bits", bits)
+  bits = int(_check_int("bits", bits))  # pyright: ignore[reportArgumentType]
   if not 2 <= bits <= 8:
     raise ValueError(f"quantize: bits must be between 2 and 8 (8 and 4 are the usual); got "
                      f"{bits}.")

@@ -14,6 +14,7 @@ Structure groups: any object with ``.members`` (each with ``.path``, ``.axis`` a
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +24,7 @@ from jaxprune.core import at_path, describe, is_array
 F32 = jnp.float32
 
 
-def parse(groups, name: str):
+def parse(groups, name: str) -> tuple[str, Any]:
   """``("axis", int)`` or ``("graph", tuple of prunable groups)``; raises on anything else."""
   if isinstance(groups, (numbers.Integral, np.integer)) and not isinstance(groups, bool):
     return "axis", int(groups)

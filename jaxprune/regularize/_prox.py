@@ -132,7 +132,7 @@ def group_lasso(strength, *, groups, where=None) -> optax.GradientTransformation
   """
   kind, spec = _groups.parse(groups, "group_lasso")
   if kind == "axis":
-    def prox(paths, zs, tau):
+    def axis_prox(paths, zs, tau):
       out = []
       for path, z in zip(paths, zs):
         if z is None:
@@ -142,7 +142,7 @@ def group_lasso(strength, *, groups, where=None) -> optax.GradientTransformation
         norm = jnp.sqrt(_groups.slice_sq(z, axis))
         out.append(_scaled(z, _groups.along(_shrink(norm, tau), axis, z.ndim)))
       return out
-    return _proximal("group_lasso", strength, where, prox)
+    return _proximal("group_lasso", strength, where, axis_prox)
 
   if where is not None:
     raise ValueError("group_lasso: where= must be None with structure groups (they select their "

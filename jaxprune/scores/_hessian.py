@@ -182,7 +182,7 @@ def check_model(model: ModelLoss, s: Split, args, fn_name: str) -> None:
 
 def check_positive_int(value, name: str, fn_name: str, minimum: int = 1) -> int:
   """``core.check_int`` with this module's argument order (kept for its callers)."""
-  return check_int(value, name, minimum=minimum, context=fn_name)
+  return int(check_int(value, name, minimum=minimum, context=fn_name))
 
 
 as_f32 = at_least_f32  # the one float-cast helper, from core

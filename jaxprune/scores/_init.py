@@ -15,7 +15,7 @@ from jaxprune.scores import _hessian as h
 def _check_shape(input_shape):
   shape = (input_shape,) if isinstance(input_shape, numbers.Integral) else input_shape
   if (not isinstance(shape, (tuple, list)) or not shape
-      or not all(isinstance(d, (numbers.Integral, np.integer)) and d >= 1 for d in shape)):
+      or not all(isinstance(d, (numbers.Integral, np.integer)) and int(d) >= 1 for d in shape)):
     raise TypeError(f"synflow: input_shape must be a tuple of positive ints including the batch "
                     f"axis, e.g. (1, 784); got {input_shape!r}.")
   return tuple(int(d) for d in shape)

@@ -110,7 +110,7 @@ def input_norms(fn, params, *args, where=None):
             + [None] * (len(flat_in) - len(selected)))
   acc = {}
   _run(closed.jaxpr, closed.consts, flat_in, origin, [leaves[i] for i in index], acc)
-  out = [None] * len(leaves)
+  out: list = [None] * len(leaves)
   for j, i in enumerate(index):
     if j in acc:
       out[i] = jnp.sqrt(acc[j])

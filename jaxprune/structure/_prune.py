@@ -26,7 +26,7 @@ def _check_keep(graph, keep) -> dict:
                     f"{describe(keep)}.")
   out = {}
   for i, idx in keep.items():
-    if not isinstance(i, numbers.Integral) or not 0 <= i < len(graph):
+    if not isinstance(i, numbers.Integral) or not 0 <= int(i) < len(graph):
       raise ValueError(f"keep keys must be group indices in [0, {len(graph)}); got {i!r}.")
     g = graph[i]
     idx = np.unique(np.asarray(idx, np.int64).ravel())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,7 +17,7 @@ SCALE_NAMES = ("scale", "gamma", "weight")
 
 
 def _host(tree_leaves) -> bool:
-  return not any(isinstance(x, jax.core.Tracer) for x in tree_leaves)
+  return not any(isinstance(x, jax_core.Tracer) for x in tree_leaves)
 
 
 def channel_sums(group: Group, leaves: dict, fn: Callable):

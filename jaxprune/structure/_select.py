@@ -19,7 +19,7 @@ def _targets(graph: Graph, sparsity) -> dict:
   if isinstance(sparsity, dict):
     out = {}
     for i, s in sparsity.items():
-      if not isinstance(i, numbers.Integral) or not 0 <= i < len(graph):
+      if not isinstance(i, numbers.Integral) or not 0 <= int(i) < len(graph):
         raise ValueError(f"sparsity keys must be group indices in [0, {len(graph)}); got "
                          f"{i!r}. See print(graph) for the groups.")
       s = check_sparsity(s, f"group {i}")

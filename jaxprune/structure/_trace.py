@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+from jax.extend import core as jex_core
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -124,7 +125,7 @@ def build(closed, out_shape, apply_fn, kwargs, params, paths, leaves, arg_leaves
   for k, ids in enumerate(in_ids[n_params:]):
     edge_frozen += [(x, f"connected to the model's inputs (argument leaf {k})") for x in ids]
   for v in jaxpr.outvars:
-    if not isinstance(v, jax.extend.core.Literal):
+    if not isinstance(v, jex_core.Literal):
       edge_frozen += [(x, "reaches the model's outputs") for x in scope.env[v]]
   flow.frozen = edge_frozen + flow.frozen
   param_ids = tuple(in_ids[:n_params])
@@ -142,8 +143,8 @@ def build(closed, out_shape, apply_fn, kwargs, params, paths, leaves, arg_leaves
 def _check_read(jaxpr, paths, n_params):
   used = set()
   for eqn in jaxpr.eqns:
-    used.update(v for v in eqn.invars if not isinstance(v, jax.extend.core.Literal))
-  used.update(v for v in jaxpr.outvars if not isinstance(v, jax.extend.core.Literal))
+    used.update(v for v in eqn.invars if not isinstance(v, jex_core.Literal))
+  used.update(v for v in jaxpr.outvars if not isinstance(v, jex_core.Literal))
   unread = [p for p, v in zip(paths, jaxpr.invars[:n_params]) if v not in used]
   if unread:
     raise ValueError(

@@ -92,7 +92,7 @@ def plot_training(steps: Sequence[int], sparsity: Sequence[float],
       right.plot(steps, [100 * float(v) for v in values], color=f"C{i + 1}", label=name)
     right.set_ylabel(" / ".join(metrics) + " (%)")
     lines = ax.get_lines() + right.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="lower right", fontsize=8)
+    ax.legend(lines, [str(line.get_label()) for line in lines], loc="lower right", fontsize=8)
   ax.set_title(title)
   fig.tight_layout()
   if path is not None:

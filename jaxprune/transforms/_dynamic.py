@@ -192,7 +192,7 @@ def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int =
       def change(operands):  # on mask-update steps only
         masks, key = operands
         key, sub = (None, None) if key is None else jax.random.split(key)
-        scores = grow(params, grads=grads, key=sub)
+        scores = grow(params, grads=grads, key=sub)  # pyright: ignore[reportOptionalCall]
         drop = jnp.clip(jnp.asarray(fraction(state.count), jnp.float32), 0.0, 1.0)
         return _drop_and_grow(params, masks, scores, drop), key
 
@@ -207,7 +207,7 @@ def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int =
     new = leaves_like(params, new_masks, name="masks")
     out = [u if m is None else masked_update_leaf(u, p, m & n) for u, p, m, n in zip(
         leaves_like(params, inner_updates, name="inner updates"), p_leaves, old, new)]
-    count = optax.safe_int32_increment(state.count)
+    count = jnp.asarray(optax.safe_int32_increment(state.count))
     return treedef.unflatten(out), SparseTrainState(count, new_masks, new_key, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 
 import jax
+from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -136,7 +137,7 @@ def _fractions(params, fraction, chosen, scope):
 def _remaining(mask, n, dtype):
   if mask is None:
     return np.asarray(n, dtype) if isinstance(n, int) else jnp.asarray(n, dtype)
-  if isinstance(mask, jax.core.Tracer):
+  if isinstance(mask, jax_core.Tracer):
     return jnp.sum(mask, dtype=dtype)
   return np.asarray(np.sum(np.asarray(mask)), dtype)
 

@@ -10,6 +10,7 @@ import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
+from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -84,14 +85,16 @@ class Sparsity(NamedTuple):
     alloc = self.allocation(params)
     if isinstance(value, float):  # static: exact per-leaf counts in float64
       return treedef.unflatten(alloc), value
-    ratio = value / jnp.float32(self.final) if self.final > 0 else jnp.zeros((), jnp.float32)
+    final: Any = self.final  # set whenever allocate is
+    ratio = value / jnp.float32(final) if final > 0 else jnp.zeros((), jnp.float32)
     return treedef.unflatten([None if a is None else jnp.float32(a) * ratio
                               for a in alloc]), value
 
   def allocation(self, params) -> list:
     """Per-leaf final sparsities from the shapes (recomputed per trace; pure Python)."""
     paths, leaves, _ = flatten_with_paths(params)
-    values = leaves_like(params, self.allocate(params, self.final, where=self.where),
+    allocate: Any = self.allocate  # set: allocation() runs only when it is
+    values = leaves_like(params, allocate(params, self.final, where=self.where),
                          name="allocate(...) result")
     out = []
     for path, leaf, value in zip(paths, leaves, values):
@@ -127,7 +130,7 @@ def sparsity_fn(sparsity, allocate, steps: UpdateSteps, where, straight_through)
     if final is None and steps.end is not None and is_static_number(steps.end):
       at_end = sample(sparsity, [int(steps.end)])
       final = None if at_end is None else float(at_end[0])
-    checked = check_sampled(sparsity, steps, straight_through)
+    checked = check_sampled(sparsity, steps, bool(straight_through))
     final = None if final is None else check_sparsity(float(final), "", "final sparsity")
     out = Sparsity(checked, None, final, allocate, where)
   else:
@@ -157,7 +160,7 @@ def sample(schedule, steps) -> np.ndarray | None:
   if np.ndim(values) != 1:
     raise TypeError(f"a sparsity schedule must return a scalar; got values of shape "
                     f"{np.shape(values)[1:]}.")
-  if isinstance(values, jax.core.Tracer):
+  if isinstance(values, jax_core.Tracer):
     return None
   return np.asarray(values, np.float64)
 

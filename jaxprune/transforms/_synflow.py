@@ -39,7 +39,7 @@ def synflow_masks(apply_fn, params, input_shape, sparsity, *, iterations: int = 
   >>> int(m["a"].sum() + m["b"].sum())
   24
   """
-  iterations = check_int(iterations, "iterations", minimum=1, context="synflow_masks")
+  iterations = int(check_int(iterations, "iterations", minimum=1, context="synflow_masks"))
   sparsity = check_sparsity(sparsity, "")
   paths = filters.select(params, where)
   leaves, treedef = jax.tree.flatten(params)
