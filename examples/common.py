@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import sys
+import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -212,6 +213,30 @@ def make_evaluate(model: nn.Module) -> Callable:
     return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
   return evaluate
+
+
+def _compiled_flops(fn, params, x):
+  compiled = jax.jit(fn).lower(params, x).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list on older jax
+  return compiled, float(cost.get("flops", np.nan))
+
+
+def flops(fn, params, x) -> float:
+  """FLOPs of ``fn(params, x)`` from XLA's cost analysis of the compiled call."""
+  return _compiled_flops(fn, params, x)[1]
+
+
+def cost(fn, params, x, repeats: int = 20) -> tuple[float, float]:
+  """(FLOPs, median milliseconds) of the jitted ``fn(params, x)``, after one warm-up call."""
+  compiled, total = _compiled_flops(fn, params, x)
+  jax.block_until_ready(compiled(params, x))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(params, x))
+    times.append(time.perf_counter() - start)
+  return total, 1e3 * float(np.median(times))
 
 
 def evaluate(model: nn.Module, params, x, y) -> tuple[float, float]:

@@ -131,10 +131,7 @@ def main(argv=None) -> dict:
 
 
 def _flops(apply_fn, params, x) -> float:
-  compiled = jax.jit(apply_fn).lower(params, x[:1]).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
+  return common.flops(apply_fn, params, x[:1])  # per example
 
 
 def _structured(graph, apply_fn, dense, group_runs, x, y, data, config) -> list:

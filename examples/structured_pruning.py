@@ -13,7 +13,6 @@ Usage: python examples/structured_pruning.py [--quick] [--steps 3000] [--finetun
 from __future__ import annotations
 
 import argparse
-import time
 
 import common  # first: it puts the repository on sys.path when jaxprune is not installed
 import jax
@@ -23,20 +22,6 @@ import optax
 
 import jaxprune
 from jaxprune import structure
-
-
-def cost(fn, params, x, repeats):
-  """(FLOPs, median ms) of the jitted ``fn(params, x)``."""
-  compiled = jax.jit(fn).lower(params, x).compile()
-  c = compiled.cost_analysis()
-  c = c[0] if isinstance(c, (list, tuple)) else c
-  jax.block_until_ready(compiled(params, x))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(compiled(params, x))
-    times.append(time.perf_counter() - t)
-  return float(c.get("flops", np.nan)), 1e3 * float(np.median(times))
 
 
 def accuracy(fn, variables, x, y):
@@ -84,7 +69,7 @@ def main(argv=None):
   if args.quick:  # the smoke test: one norm and one first-order score
     scores = {k: scores[k] for k in ("l2", "taylor")}
   repeats = 2 if args.quick else 10
-  flops, ms = cost(model.apply, variables, x_bench, repeats)
+  flops, ms = common.cost(model.apply, variables, x_bench, repeats)
   dense_acc = accuracy(model.apply, variables, x_test, y_test)
   n_dense = sum(x.size for x in jax.tree.leaves(params))
   rows = [("dense", n_dense, flops, 1.0, ms, dense_acc, dense_acc)]
@@ -96,7 +81,7 @@ def main(argv=None):
         small_fn({"params": p}, x), y).mean()
     tuned = common.train(small_loss, small["params"], tx, data, steps=args.finetune, key=key)
     after = accuracy(small_fn, {"params": tuned}, x_test, y_test)
-    f, t = cost(small_fn, {"params": tuned}, x_bench, repeats)
+    f, t = common.cost(small_fn, {"params": tuned}, x_bench, repeats)
     rows.append((name, sum(x.size for x in jax.tree.leaves(tuned)), f, flops / f, t, before,
                  after))
   print(f"{int(args.sparsity * 100)}% of the channels removed; latency: batch 256 on CPU, "

@@ -156,18 +156,10 @@ def make_context(config: StudyConfig):
   return ctx, data
 
 
-def _cost(fn, params, x, repeats=20):
-  """(FLOPs per example from XLA's cost analysis, median milliseconds of a batch)."""
-  compiled = jax.jit(fn).lower(params, x).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  jax.block_until_ready(compiled(params, x))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(params, x))
-    times.append(time.perf_counter() - start)
-  return float(cost.get("flops", np.nan)) / x.shape[0], 1e3 * float(np.median(times))
+def _cost(fn, params, x):
+  """(FLOPs per example, median milliseconds of the batch ``x``)."""
+  total, ms = common.cost(fn, params, x)
+  return total / x.shape[0], ms
 
 
 def _small_loss(small_fn):
@@ -212,24 +204,15 @@ def structured(ctx, seed_key, measure, x_bench) -> list[dict]:
 
 
 def _size(params) -> int:
-  return int(sum(x.size for x in jax.tree.leaves(params)))
+  return int(optax.tree_utils.tree_size(params))
 
 
 def _channels(graph, params) -> int:
   """Prunable channels in ``params``: the size of each prunable group's first member axis."""
-  total = 0
-  for group in graph.groups:
-    if group.prunable:
-      member = group.members[0]
-      total += _leaf(params, member.path).shape[member.axis]
-  return total
-
-
-def _leaf(params, path):
-  for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if jax.tree_util.keystr(p, simple=True, separator="/") == path:
-      return leaf
-  raise KeyError(path)
+  paths, leaves, _ = jaxprune.core.flatten_with_paths(params)
+  by_path = dict(zip(paths, leaves))
+  return sum(by_path[g.members[0].path].shape[g.members[0].axis]
+             for g in graph.groups if g.prunable)
 
 
 def quantized(config, kept, measure, dense_params) -> list[dict]:
@@ -244,9 +227,9 @@ def quantized(config, kept, measure, dense_params) -> list[dict]:
     rows.append({"model": "dense float32", "bits": 32, "sparsity": 0.0,
                  "final": measure(dense_params), "bytes": dense_bytes, "size_ratio": 1.0})
     q = jaxprune.dequantize(jaxprune.quantize.quantize(dense_params, 8))
+    dense8_bytes = size("dense8", dense_params, bits=8)
     rows.append({"model": "dense int8", "bits": 8, "sparsity": 0.0, "final": measure(q),
-                 "bytes": size("dense8", dense_params, bits=8),
-                 "size_ratio": size("dense8b", dense_params, bits=8) / dense_bytes})
+                 "bytes": dense8_bytes, "size_ratio": dense8_bytes / dense_bytes})
     name, sparsity, params, masks = kept
     for bits in (None, 8, 4):
       values = params if bits is None else jaxprune.dequantize(

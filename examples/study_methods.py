@@ -166,36 +166,34 @@ def _cubic(target, end):
   return optax.polynomial_schedule(0.0, target, power=3, transition_steps=end)
 
 
-def _gmp(ctx, sparsity, key):
-  """Gradual magnitude pruning (Zhu & Gupta) of the dense model over the fine-tuning budget:
-  ``jaxprune.prune`` last in an ``optax.chain``, cubic schedule to the target over the first
-  75% of the steps (mask updates every 1/15 of it), then training with the final mask."""
+def _gradual(ctx, sparsity, key, straight_through):
+  """``jaxprune.prune`` last in an ``optax.chain`` over the fine-tuning budget, from the dense
+  model: cubic schedule to the target over the first 75% of the steps (mask updates every 1/15
+  of it), then training with the final mask."""
   steps = max(ctx.config.finetune, 1)
   end = max(int(0.75 * steps), 1)
   tx = lambda target: optax.chain(  # noqa: E731  (traced target: one compilation)
       ctx.config.optimizer(), jaxprune.prune(sparsity=_cubic(target, end),
-                                             every=max(end // 15, 1), end=end))
-  run = ctx.trainer("gmp", tx, steps)
-  params, state, _ = run(ctx.dense_params, None, key, ctx.x_train, ctx.y_train,
-                         hyper=jnp.float32(sparsity))
-  return params, jaxprune.masks_of(state)
-
-
-def _ste(ctx, sparsity, key):
-  """Straight-through training of the dense model over the fine-tuning budget: the forward
-  pass uses the masked weights (``jaxprune.transforms.masked_params``), the gradient updates
-  all dense weights, so pruned weights can come back; same cubic schedule as GMP."""
-  steps = max(ctx.config.finetune, 1)
-  end = max(int(0.75 * steps), 1)
-  tx = lambda target: optax.chain(  # noqa: E731
-      ctx.config.optimizer(), jaxprune.prune(sparsity=_cubic(target, end),
                                              every=max(end // 15, 1), end=end,
-                                             straight_through=True))
-  run = ctx.trainer("ste", tx, steps, forward=jaxprune.transforms.masked_params)
+                                             straight_through=straight_through))
+  # straight-through: the forward pass sees the masked weights, the gradient updates them all
+  forward = {"forward": jaxprune.transforms.masked_params} if straight_through else {}
+  run = ctx.trainer("ste" if straight_through else "gmp", tx, steps, **forward)
   params, state, _ = run(ctx.dense_params, None, key, ctx.x_train, ctx.y_train,
                          hyper=jnp.float32(sparsity))
   masks = jaxprune.masks_of(state)
-  return jaxprune.apply_masks(params, masks), masks
+  return (jaxprune.apply_masks(params, masks) if straight_through else params), masks
+
+
+def _gmp(ctx, sparsity, key):
+  """Gradual magnitude pruning (Zhu & Gupta) of the dense model while fine-tuning."""
+  return _gradual(ctx, sparsity, key, straight_through=False)
+
+
+def _ste(ctx, sparsity, key):
+  """Straight-through magnitude pruning of the dense model while fine-tuning (pruned weights
+  keep their gradient and can come back); same schedule as GMP."""
+  return _gradual(ctx, sparsity, key, straight_through=True)
 
 
 def _dynamic(wrapper, name):

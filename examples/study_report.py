@@ -99,6 +99,12 @@ def grouped(rows, key):
   return out
 
 
+def structured_runs(results, dense=True) -> dict:
+  """``{(removal, fraction): [row per seed]}`` of the structured removals, in run order."""
+  rows = [r for r in results["structured"] if dense or r["removal"] != "dense"]
+  return grouped([dict(r, key=(r["removal"], r["fraction"])) for r in rows], "key")
+
+
 # --------------------------------------------------------------------------------------------
 # Checks against the issue's targets.
 
@@ -170,9 +176,8 @@ def verdicts(results) -> list[str]:
         text += (f"; right after pruning (no fine-tuning) at {mid:.0%} the best is `{b}` "
                  f"({100 * now[b]:.1f}%)")
     lines.append(text + f"; dense {100 * dense:.1f}%.")
-  rows = [r for r in results["structured"] if r["removal"] != "dense"]
-  if rows:
-    groups = grouped([dict(r, key=(r["removal"], r["fraction"])) for r in rows], "key")
+  groups = structured_runs(results, dense=False)
+  if groups:
     mean = lambda runs, k: np.mean([r[k] for r in runs])  # noqa: E731
     acc = {k: np.mean([r["final"]["accuracy"] for r in runs]) for k, runs in groups.items()}
     twice = [k for k in groups if mean(groups[k], "flops_ratio") >= 2.0]
@@ -246,8 +251,7 @@ def structured_table(results):
     return None
   seeds = results["config"]["seeds"]
   out = []
-  for (name, fraction), runs in grouped(
-      [dict(r, key=(r["removal"], r["fraction"])) for r in rows], "key").items():
+  for (name, _), runs in structured_runs(results).items():
     mean = lambda k: np.mean([r[k] for r in runs])  # noqa: E731
     pruned = [r["pruned"]["accuracy"] for r in runs if r["pruned"] is not None]
     out.append([name, f"{mean('channels_cut'):.0%}", f"{mean('params'):.0f}",
