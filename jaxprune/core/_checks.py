@@ -52,9 +52,10 @@ def check_key(key, context: str = ""):
   """
   if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
     return jax.random.key(int(key))
-  if hasattr(key, "dtype") and (
-      jnp.issubdtype(getattr(key, "dtype"), jax.dtypes.prng_key)
-      or (getattr(key, "dtype") == jnp.uint32 and tuple(np.shape(key)) == (2,))):
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and (
+      jnp.issubdtype(dtype, jax.dtypes.prng_key)
+      or (dtype == jnp.uint32 and tuple(np.shape(key)) == (2,))):
     return key
   hint = " It draws random numbers: pass key=jax.random.key(0)." if key is None else ""
   raise TypeError(f"{_who(context)}key must be a jax.random.key, a jax.random.PRNGKey or an int "
