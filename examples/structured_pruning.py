@@ -17,7 +17,6 @@ import argparse
 import common  # first: it puts the repository on sys.path when jaxprune is not installed
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import jaxprune

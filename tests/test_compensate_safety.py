@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxprune import apply_masks, masks as masks_lib, scores
+from jaxprune import apply_masks, masks as masks_lib
 from jaxprune.compensation import CompensateInfo, compensate
 from jaxprune.scores import ModelLoss
 

@@ -27,7 +27,6 @@ import shutil
 from pathlib import Path
 
 import jax
-from jax import core as jax_core
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -35,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxprune.checkpoint import _manifest, _tree
 from jaxprune.core import processes as _sync
-from jaxprune.core import describe
+from jaxprune.core import describe, is_tracer, sync_dir
 
 
 def staging_dir(path: Path) -> Path:
@@ -53,7 +52,7 @@ def check_savable(tree, path: Path) -> list[dict]:
     if x is None or _tree.is_scalar(x):
       continue
     where = f"checkpoint.save({str(path)!r}): the leaf at {_tree.show(keys)}"
-    if isinstance(x, jax_core.Tracer):
+    if is_tracer(x):
       raise TypeError(f"{where} is a tracer ({describe(x)}). Saving writes files on the host: "
                       "call it outside jax.jit / grad.")
     if isinstance(x, jax.ShapeDtypeStruct):
@@ -271,20 +270,6 @@ def save(path, tree, *, force: bool = False, metadata: dict | None = None) -> Pa
       remove(staging)
     raise
   return path
-
-
-def sync_dir(directory: Path) -> None:
-  """Makes the renames durable where the platform allows it (POSIX)."""
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
 
 
 def remove(p: Path) -> None:

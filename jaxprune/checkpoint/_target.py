@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import jax
-from jax import core as jax_core
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxprune.checkpoint import _tree
 from jaxprune.core import processes as _sync
-from jaxprune.core import describe, is_array, listing
+from jaxprune.core import describe, is_array, is_concrete_array, listing
 
 
 def expected(x):
@@ -37,7 +36,7 @@ def unplaced(x) -> bool:
   """A target leaf that asks for no placement: abstract without sharding, or uncommitted."""
   if isinstance(x, jax.ShapeDtypeStruct):
     return x.sharding is None
-  return isinstance(x, jax.Array) and not isinstance(x, jax_core.Tracer) and not x.committed
+  return is_concrete_array(x) and not x.committed
 
 
 def check_target(path, target, saved: dict) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from jaxprune import filters
 from jaxprune.compensation._cg import cg, dot
 from jaxprune.core import as_mask_leaf, at_path, describe, is_array, leaves_like
-from jaxprune.scores import _hessian as h
+from jaxprune.scores import curvature as h
 
 METHODS = ("ggn", "empirical_fisher", "hessian")
 DAMPING_MODES = ("relative", "absolute")

@@ -7,11 +7,11 @@ import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
-from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.core._errors import describe
+from jaxprune.core._tracing import is_tracer
 
 
 def _who(context: str) -> str:
@@ -35,7 +35,7 @@ def check_int(value, name: str, *, minimum: int = 0, context: str = "", arrays: 
     return int(value)
   if arrays and hasattr(value, "dtype") and np.ndim(value) == 0 and jnp.issubdtype(
       value.dtype, jnp.integer):
-    if not isinstance(value, jax_core.Tracer) and int(value) < minimum:
+    if not is_tracer(value) and int(value) < minimum:
       raise ValueError(f"{_who(context)}{name} must be >= {minimum}; got {int(value)}.")
     return value
   kind = "an int (or an integer 0-d array)" if arrays else "a Python int"

@@ -14,19 +14,21 @@ from jaxprune.core._paths import flatten_with_paths
 from jaxprune.core._trees import is_array, leaves_like
 
 
-def as_mask_leaf(path: str, mask, like, *, what: str = "masks", like_name: str = "params"):
-  """Returns ``mask`` as a bool array after checking it fits the array leaf ``like``.
+def check_mask_leaf(path: str, mask, like, *, what: str = "masks",
+                    like_name: str = "params") -> None:
+  """Raises unless ``mask`` is an array (bool, or numeric: non-zero = kept) shaped like ``like``.
 
   Args:
     path: the leaf's path, for messages.
-    mask: a bool array (True = kept) or any numeric array (non-zero = kept).
+    mask: the mask leaf to check.
     like: the param (or score) leaf the mask belongs to.
     what: the argument's name, for messages.
     like_name: what ``like`` is (``"params"``, ``"scores"``), for messages.
 
   >>> import jax.numpy as jnp
-  >>> as_mask_leaf("w", jnp.array([0.0, 2.0]), jnp.ones(2)).tolist()
-  [False, True]
+  >>> check_mask_leaf("w", jnp.ones(3, bool), jnp.ones(2))
+  Traceback (most recent call last):
+  ValueError: masks at 'w' has shape (3,) but params there have shape (2,). Build the masks from these params (e.g. jaxprune.masks.topk of their scores).
   """
   if not is_array(like):
     raise TypeError(f"{what} at {at_path(path)} is a mask but {like_name} there are not an "
@@ -43,6 +45,16 @@ def as_mask_leaf(path: str, mask, like, *, what: str = "masks", like_name: str =
   if jnp.issubdtype(mask.dtype, jnp.complexfloating):
     raise TypeError(f"{what} at {at_path(path)} must be a bool array (True = kept); got "
                     f"{describe(mask)}. Convert it with mask != 0.")
+
+
+def as_mask_leaf(path: str, mask, like, *, what: str = "masks", like_name: str = "params"):
+  """Returns ``mask`` as a bool array after :func:`check_mask_leaf` (non-zero = kept).
+
+  >>> import jax.numpy as jnp
+  >>> as_mask_leaf("w", jnp.array([0.0, 2.0]), jnp.ones(2)).tolist()
+  [False, True]
+  """
+  check_mask_leaf(path, mask, like, what=what, like_name=like_name)
   return jnp.asarray(mask) if mask.dtype == jnp.bool_ else jnp.asarray(mask) != 0
 
 

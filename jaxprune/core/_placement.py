@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import core as jax_core
 import numpy as np
+
+from jaxprune.core._tracing import is_concrete_array, is_tracer
 
 
 def _place(x, sharding):
@@ -29,7 +30,7 @@ def _place(x, sharding):
 
 
 def _concrete(x) -> bool:
-  return isinstance(x, jax.Array) and not isinstance(x, jax_core.Tracer)
+  return is_concrete_array(x)
 
 
 def mesh_of(params):
@@ -75,6 +76,6 @@ def sharded_like(x, like):
   >>> sharded_like(jnp.ones(2, bool), jnp.zeros(2)).tolist()
   [True, True]
   """
-  if _concrete(like) and not isinstance(x, jax_core.Tracer):
+  if _concrete(like) and not is_tracer(x):
     return _place(x, like.sharding)
   return x

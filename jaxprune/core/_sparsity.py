@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numbers
 
-import jax
-from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.core._errors import at_path, describe
+from jaxprune.core._tracing import is_concrete_array
 
 
 def is_static_number(x) -> bool:
@@ -23,7 +22,7 @@ def is_static_number(x) -> bool:
     return True
   if isinstance(x, np.ndarray):
     return x.ndim == 0
-  if isinstance(x, jax.Array) and not isinstance(x, jax_core.Tracer):
+  if is_concrete_array(x):
     return x.ndim == 0
   return False
 

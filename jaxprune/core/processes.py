@@ -27,8 +27,9 @@ import threading
 
 import jax
 import jax.numpy as jnp
-from jax import core as jax_core
 import numpy as np
+
+from jaxprune.core._tracing import is_concrete_array
 
 _counter = {"n": 0}
 _lock = threading.Lock()
@@ -170,7 +171,7 @@ def to_host(tree):
   {'k': 2, 'n': None, 'w': array([0, 1, 2], dtype=int32)}
   """
   def fetch(x):
-    if isinstance(x, jax.Array) and not isinstance(x, jax_core.Tracer):
+    if is_concrete_array(x):
       if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         return x  # typed keys have no NumPy form; callers refuse them by name
       if x.is_fully_addressable:

@@ -6,12 +6,12 @@ import dataclasses
 import math
 
 import jax
-from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.core import (
-    at_path, describe, flatten_with_paths, is_array, leaves_like, unwrap_variables)
+    at_path, check_mask_leaf, describe, flatten_with_paths, is_array, is_tracer, leaves_like,
+    unwrap_variables)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,7 +54,7 @@ def _is_packed(x) -> bool:
 
 
 def _host(path: str, x, what: str) -> np.ndarray:
-  if isinstance(x, jax_core.Tracer):
+  if is_tracer(x):
     raise TypeError(
         f"compress: {what} at {at_path(path)} is a tracer ({describe(x)}). compress is host-side "
         "(its output size depends on the mask): call it outside jax.jit.")
@@ -65,16 +65,7 @@ def _host(path: str, x, what: str) -> np.ndarray:
 
 
 def _pack_leaf(path: str, x, mask) -> PackedLeaf:
-  if not is_array(x):
-    raise TypeError(f"compress: masks has an array at {at_path(path)} but params there is "
-                    f"{describe(x)}; masks may only cover array leaves (use None elsewhere).")
-  if not is_array(mask):
-    raise TypeError(f"compress: masks at {at_path(path)} must be a bool array or None; got "
-                    f"{describe(mask)}.")
-  if tuple(mask.shape) != tuple(x.shape):
-    raise ValueError(
-        f"compress: mask at {at_path(path)} has shape {tuple(mask.shape)} but params there have "
-        f"shape {tuple(x.shape)}. Compute the masks from these params.")
+  check_mask_leaf(path, mask, x, what="compress: masks")
   if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
     raise TypeError(f"compress: params at {at_path(path)} is a PRNG key array; only numeric "
                     "leaves can be compressed (give it a None mask).")
@@ -135,7 +126,7 @@ def _unpack_leaf(path: str, leaf: PackedLeaf):
         f"decompress: values at {at_path(path)} are {np.dtype(values.dtype)}, which JAX would "
         f"turn into {jax.dtypes.canonicalize_dtype(values.dtype)}; enable 64-bit types "
         "(jax.config.update('jax_enable_x64', True)) to decompress them exactly.")
-  if isinstance(bits, jax_core.Tracer) or isinstance(values, jax_core.Tracer):
+  if is_tracer(bits) or is_tracer(values):
     return _unpack(jnp.asarray(bits), jnp.asarray(values), leaf.shape)
   # Concrete input: a numpy scatter, faster than compiling a scan for every leaf shape.
   mask = np.unpackbits(np.asarray(bits), count=n).astype(bool)

@@ -53,6 +53,8 @@ import struct
 import uuid
 import zlib
 
+from jaxprune.core import sync_dir
+
 MAGIC = b"JAXPRUNE"
 VERSION = 2
 FORMAT = "jaxprune.export"
@@ -94,21 +96,8 @@ def write(path, manifest: dict, blobs: list[bytes], *, force: bool) -> str:
   finally:
     if tmp.exists():
       tmp.unlink()
-  _fsync_dir(path.parent)
+  sync_dir(path.parent)
   return str(path)
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
 
 
 def read(path) -> tuple[dict, memoryview]:

@@ -14,22 +14,28 @@ from jaxprune.export._compress import _host
 _tree = jax.tree_util
 
 
-def _key(k, path: str):
-  """A key entry as ``("s", str)`` or ``("i", int)``: the identity used on disk and to match."""
+def key_code(k, path: str | None = None):
+  """A key entry as ``("s", str)`` or ``("i", int)``: the identity used on disk and to match.
+
+  An unsupported key raises (naming ``path``) when saving; with ``path=None`` (matching a
+  load target) it becomes ``("?", repr)``, which matches nothing on disk.
+  """
   if isinstance(k, _tree.DictKey):
-    k = k.key
-    if isinstance(k, str):
-      return ("s", k)
-    if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-      return ("i", int(k))
-    raise TypeError(f"export.save: the dict key {k!r} ({type(k).__name__}) under "
-                    f"{at_path(path)} cannot be saved: only str and int keys are supported.")
-  if isinstance(k, _tree.SequenceKey):
+    if isinstance(k.key, str):
+      return ("s", k.key)
+    if isinstance(k.key, (int, np.integer)) and not isinstance(k.key, bool):
+      return ("i", int(k.key))
+  elif isinstance(k, _tree.SequenceKey):
     return ("i", k.idx)
-  if isinstance(k, _tree.GetAttrKey):
+  elif isinstance(k, _tree.GetAttrKey):
     return ("s", k.name)
-  if isinstance(k, _tree.FlattenedIndexKey):
+  elif isinstance(k, _tree.FlattenedIndexKey):
     return ("i", int(k.key))
+  if path is None:
+    return ("?", repr(k))
+  if isinstance(k, _tree.DictKey):
+    raise TypeError(f"export.save: the dict key {k.key!r} ({type(k.key).__name__}) under "
+                    f"{at_path(path)} cannot be saved: only str and int keys are supported.")
   raise TypeError(f"export.save: unsupported pytree key {k!r} under {at_path(path)}.")
 
 
@@ -48,7 +54,7 @@ def _encode_tree(node, keys, out: list):
   if len(children) == 1 and children[0][0] == () and children[0][1] is node:
     out.append((keys, node))
     return {"leaf": len(out) - 1}
-  entries = [(_key(kp[0], _path(keys)), child) for kp, child in children]
+  entries = [(key_code(kp[0], _path(keys)), child) for kp, child in children]
   if type(node) in (list, tuple):
     kind = type(node).__name__
   else:

@@ -13,6 +13,7 @@ from jaxprune.core import at_path, describe, is_array, listing
 from jaxprune.export import _codecs, _format
 from jaxprune.export._codecs import CorruptError
 from jaxprune.export._format import ExportError
+from jaxprune.export._io import key_code
 
 _tree = jax.tree_util
 
@@ -57,22 +58,6 @@ class _Leaf:
 
 def _path(keys) -> str:
   return "/".join(str(v) for _, v in keys)
-
-
-def _target_key(k):
-  if isinstance(k, _tree.DictKey):
-    if isinstance(k.key, str):
-      return ("s", k.key)
-    if isinstance(k.key, (int, np.integer)) and not isinstance(k.key, bool):
-      return ("i", int(k.key))
-    return ("?", repr(k.key))
-  if isinstance(k, _tree.SequenceKey):
-    return ("i", k.idx)
-  if isinstance(k, _tree.GetAttrKey):
-    return ("s", k.name)
-  if isinstance(k, _tree.FlattenedIndexKey):
-    return ("i", int(k.key))
-  return ("?", repr(k))
 
 
 def _dtype(name, where):
@@ -269,7 +254,7 @@ def _check_blob_layout(entries, size, where):
 
 def _load_into(target, found, decode, quantized, where):
   with_path, treedef = _tree.tree_flatten_with_path(target, is_leaf=lambda x: x is None)
-  keys = [tuple(_target_key(k) for k in kp) for kp, _ in with_path]
+  keys = [tuple(key_code(k) for k in kp) for kp, _ in with_path]
   wanted = {k for k, (_, x) in zip(keys, with_path) if x is not None}
   missing = [_path(k) for k in keys if k not in found and k in wanted]
   extra = [_path(k) for k in found if k not in set(keys)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxprune.core import at_path, describe, flatten_with_paths, is_array, leaves_like
+from jaxprune.core import as_mask_leaf, flatten_with_paths, leaves_like
 
 
 def apply_masks(params, masks):
@@ -29,12 +29,5 @@ def apply_masks(params, masks):
 def _apply_one(path, x, mask):
   if mask is None:
     return x
-  if not is_array(mask) or not is_array(x):
-    raise TypeError(f"masks at {at_path(path)} must be a bool array over an array leaf; got "
-                    f"mask {describe(mask)} for leaf {describe(x)}.")
-  if tuple(mask.shape) != tuple(x.shape):
-    raise ValueError(
-        f"mask at {at_path(path)} has shape {tuple(mask.shape)} but params there have shape "
-        f"{tuple(x.shape)}. Recompute the masks from scores of these params.")
-  keep = mask if mask.dtype == jnp.bool_ else mask != 0
+  keep = as_mask_leaf(path, mask, x)
   return jnp.where(keep, x, jnp.zeros((), x.dtype))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxprune.core import check_sparsity, is_static_number  # noqa: F401  (re-exported)
-
 
 def keep_count(n: int, s, count_dtype=jnp.int32):
   """Number of entries kept out of ``n`` at sparsity ``s``: ``n - round(s * n)``.

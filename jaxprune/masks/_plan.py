@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from jaxprune import filters
-from jaxprune.core import at_path, describe, flatten_with_paths, is_array, is_floating, leaves_like
-from jaxprune.core import count_dtype  # noqa: F401  (re-used by masks modules)
-from jaxprune.masks._counts import check_sparsity, is_static_number
+from jaxprune.core import (
+    as_mask_leaf, at_path, check_sparsity, describe, flatten_with_paths, is_array, is_floating,
+    is_static_number, leaves_like)
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +72,7 @@ def check_previous(path: str, leaf, old):
   """A previous mask is None (nothing pruned yet) or a bool array shaped like the scores."""
   if old is None:
     return None
-  if not is_array(old):
-    raise TypeError(f"previous mask at {at_path(path)} must be a bool array or None; got "
-                    f"{describe(old)}.")
-  if tuple(old.shape) != tuple(leaf.shape):
-    raise ValueError(
-        f"previous mask at {at_path(path)} has shape {tuple(old.shape)} but the scores there "
-        f"have shape {tuple(leaf.shape)}. Pass the masks computed for these same parameters.")
-  return old if old.dtype == jnp.bool_ else old != 0
+  return as_mask_leaf(path, old, leaf, what="previous mask", like_name="scores")
 
 
 def size(leaf) -> int:

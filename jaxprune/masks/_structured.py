@@ -7,7 +7,7 @@ import operator
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.core import at_path
+from jaxprune.core import at_path, count_dtype
 from jaxprune.masks import _plan, _xla
 from jaxprune.masks._counts import keep_count
 from jaxprune.masks._search import top_k
@@ -155,7 +155,7 @@ def _leaf_blocks(leaf, block, reduce):
 
 def _keep_top(values, sparsity, eligible):
   n = _plan.size(values)
-  dtype = _plan.count_dtype(n)
+  dtype = count_dtype(n)
   return top_k([values], [eligible], keep_count(n, sparsity, dtype), count_dtype=dtype)[0]
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune.core import check_sparsity, count_dtype
 from jaxprune.masks import _plan, _search, _xla
-from jaxprune.masks._counts import check_sparsity, keep_count
+from jaxprune.masks._counts import keep_count
 from jaxprune.masks._plan import is_scalar_sparsity
 
 _NORMALIZERS = ("l1", "l2", "max", "mean")
@@ -49,7 +50,7 @@ def topk(scores, sparsity, *, where=None, previous=None):
 
 def _leaf_topk(score, sparsity, eligible):
   n = _plan.size(score)
-  dtype = _plan.count_dtype(n)
+  dtype = count_dtype(n)
   return _search.top_k([score], [eligible], keep_count(n, sparsity, dtype), count_dtype=dtype)[0]
 
 
@@ -88,7 +89,7 @@ def global_topk(scores, sparsity, *, where=None, previous=None, normalize=None):
   leaves, treedef = _plan.plan(scores, sparsity, where, previous)
   chosen = [leaf for leaf in leaves if leaf is not None]
   total = sum(_plan.size(leaf.score) for leaf in chosen)
-  dtype = _plan.count_dtype(total)
+  dtype = count_dtype(total)
   values = [_normalized(leaf.score, normalize) for leaf in chosen]
   kept = iter(_search.top_k(values, [leaf.eligible for leaf in chosen],
                     keep_count(total, sparsity, dtype), count_dtype=dtype))
@@ -132,4 +133,4 @@ def top_k(scores, eligible, k) -> list:
   scores = list(scores)
   eligible = list(eligible)
   total = sum(int(np.prod(x.shape, dtype=np.int64)) for x in scores)
-  return _search.top_k(scores, eligible, k, count_dtype=_plan.count_dtype(total))
+  return _search.top_k(scores, eligible, k, count_dtype=count_dtype(total))

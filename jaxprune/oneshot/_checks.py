@@ -5,14 +5,9 @@ from __future__ import annotations
 import numbers
 
 import jax
-from jax import core as jax_core
 import numpy as np
 
-from jaxprune.core import at_path, check_sparsity, describe
-
-
-def is_traced(x) -> bool:
-  return isinstance(x, jax_core.Tracer)
+from jaxprune.core import at_path, check_sparsity, describe, is_tracer
 
 
 def pattern(sparsity, n, m, *, path: str = "", fn: str = "oneshot") -> tuple[float, int | None,
@@ -36,7 +31,7 @@ def pattern(sparsity, n, m, *, path: str = "", fn: str = "oneshot") -> tuple[flo
     return implied, int(n), int(m)
   if sparsity is None:
     raise ValueError(f"{fn}: give sparsity= (a float in [0, 1]) or n= and m= for N:M.")
-  if is_traced(sparsity) or not isinstance(sparsity, (numbers.Real, np.ndarray, jax.Array)):
+  if is_tracer(sparsity) or not isinstance(sparsity, (numbers.Real, np.ndarray, jax.Array)):
     raise TypeError(f"{fn}: sparsity must be a static float in [0, 1] (counts are fixed "
                     f"before tracing); got {describe(sparsity)}.")
   return check_sparsity(sparsity, path, name=f"{fn}: sparsity"), None, None

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxprune import masks as _masks
+from jaxprune.core import is_tracer
 from jaxprune.oneshot import _checks
 
 
@@ -94,7 +95,7 @@ def sparsegpt(w, hessian, sparsity=None, *, n=None, m=None, block: int = 128,
     keeps = jnp.asarray(keeps, jnp.int32)
   new_w, mask, ok = _sparsegpt(w, jnp.asarray(hessian, jnp.float32), mask_t, keeps, n=n, m=m,
                                 block=block, damping=damping, bits=bits)
-  if not _checks.is_traced(ok) and not bool(ok):
+  if not is_tracer(ok) and not bool(ok):
     raise ValueError(f"{fn}: the damped hessian is not positive definite (Cholesky failed); "
                      f"increase damping (now {damping}) or collect more calibration data.")
   return new_w, mask

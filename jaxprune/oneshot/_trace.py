@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-_CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-          "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint")
+from jaxprune.core import CALL_PRIMITIVES, bind_equation, inner_jaxpr
+
 _SAME_VALUE = ("convert_element_type", "copy", "copy_p")
 
 
@@ -122,8 +122,8 @@ def _eval(jaxpr, consts, values, origin, store, counter):
       site = _site(eqn, ins, store, frame)
       if site is not None:
         yield site, read(eqn.invars[site[1]])
-    if name in _CALLS and any(o is not None for o in ins):
-      inner = _inner(eqn)
+    if name in CALL_PRIMITIVES and any(o is not None for o in ins):
+      inner = inner_jaxpr(eqn)
       if inner is not None:
         outs = yield from _eval(inner[0], inner[1], [read(v) if o is None else None for v, o in
                                                      zip(eqn.invars, ins)], ins, store, counter)
@@ -131,7 +131,7 @@ def _eval(jaxpr, consts, values, origin, store, counter):
       outs = yield from _scan(eqn, [read(v) if o is None else None for v, o in
                                     zip(eqn.invars, ins)], ins, store, counter, read)
     if outs is None:
-      outs = _bind(eqn, [read(v) for v in eqn.invars])
+      outs = bind_equation(eqn, [read(v) for v in eqn.invars])
     for v, x in zip(eqn.outvars, outs):
       env[v] = x
     if name in _SAME_VALUE and ins[0] is not None:
@@ -200,24 +200,4 @@ def _scan(eqn, values, ins, store, counter, read):
   return list(carry) + stacked
 
 
-def _bind(eqn, invals):
-  bound = eqn.primitive.get_bind_params(eqn.params)
-  subfuns, params = bound if isinstance(bound, tuple) else ((), bound)
-  ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
-  if ctx is None:
-    outs = eqn.primitive.bind(*subfuns, *invals, **params)
-  else:
-    with ctx:
-      outs = eqn.primitive.bind(*subfuns, *invals, **params)
-  return outs if eqn.primitive.multiple_results else [outs]
 
-
-def _inner(eqn):
-  sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-  if isinstance(sub, jcore.ClosedJaxpr):
-    jaxpr, consts = sub.jaxpr, sub.consts
-  elif isinstance(sub, jcore.Jaxpr):
-    jaxpr, consts = sub, ()
-  else:
-    return None
-  return (jaxpr, consts) if len(jaxpr.invars) == len(eqn.invars) else None

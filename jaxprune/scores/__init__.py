@@ -17,7 +17,7 @@ Array([3., 2.], dtype=float32)
 
 from jaxprune.scores._diag import hessian_diag
 from jaxprune.scores._first_order import gradient, magnitude, random, saliency
-from jaxprune.scores._hessian import ModelLoss, ggn_vp, hvp
+from jaxprune.scores.curvature import ModelLoss, ggn_vp, hvp
 from jaxprune.scores._init import synflow
 from jaxprune.scores._second_order import channel_obd, channel_trace, grasp, obd, taylor2
 from jaxprune.scores._wanda import input_norms, wanda

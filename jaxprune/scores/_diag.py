@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxprune.core import check_key as core_check_key, describe, is_array
-from jaxprune.scores import _hessian as h
+from jaxprune.core import check_key as core_check_key, is_array
+from jaxprune.scores import curvature as h
 
 F32 = jnp.float32
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.core import at_path, describe, is_array, leaves_like
-from jaxprune.scores import _hessian as h
+from jaxprune.scores import curvature as h
 
 
 def _check_shape(input_shape):

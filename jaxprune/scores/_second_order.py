@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxprune import filters
 from jaxprune.core import at_path, describe, flatten_with_paths, is_array, leaves_like
-from jaxprune.scores import _hessian as h
+from jaxprune.scores import curvature as h
 from jaxprune.scores._diag import hessian_diag
 
 _PRODUCTS = ("hessian", "ggn")

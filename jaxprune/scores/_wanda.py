@@ -13,11 +13,11 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from jaxprune import filters
-from jaxprune.core import at_path, describe, flatten_with_paths, is_array, leaves_like
-from jaxprune.scores import _hessian as h
+from jaxprune.core import (
+    CALL_PRIMITIVES, at_path, bind_equation, describe, flatten_with_paths, inner_jaxpr, is_array,
+    leaves_like)
+from jaxprune.scores import curvature as h
 
-_CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-          "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint")
 _SAME_VALUE = ("convert_element_type", "copy", "copy_p", "reduce_precision")
 
 
@@ -149,11 +149,11 @@ def _run(jaxpr, consts, values, origin, kernels, acc):
     name = eqn.primitive.name
     if name == "dot_general":
       _record(eqn, invals, ins, kernels, acc)
-    inner = _inner(eqn) if name in _CALLS else None
+    inner = inner_jaxpr(eqn) if name in CALL_PRIMITIVES else None
     if inner is not None:
       outs = _run(inner[0], inner[1], invals, ins, kernels, acc)
     else:
-      outs = _bind(eqn, invals)
+      outs = bind_equation(eqn, invals)
     for v, x in zip(eqn.outvars, outs):
       env[v] = x
     if name in _SAME_VALUE and ins[0] is not None:
@@ -200,27 +200,8 @@ def _merged_axes(axes, old_shape, new_shape):
   return tuple(result)
 
 
-def _bind(eqn, invals):
-  bound = eqn.primitive.get_bind_params(eqn.params)
-  subfuns, params = bound if isinstance(bound, tuple) else ((), bound)  # older jax: a pair
-  ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
-  if ctx is None:
-    outs = eqn.primitive.bind(*subfuns, *invals, **params)
-  else:
-    with ctx:
-      outs = eqn.primitive.bind(*subfuns, *invals, **params)
-  return outs if eqn.primitive.multiple_results else [outs]
 
 
-def _inner(eqn):
-  sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-  if isinstance(sub, jcore.ClosedJaxpr):
-    jaxpr, consts = sub.jaxpr, sub.consts
-  elif isinstance(sub, jcore.Jaxpr):
-    jaxpr, consts = sub, ()
-  else:
-    return None
-  return (jaxpr, consts) if len(jaxpr.invars) == len(eqn.invars) else None
 
 
 def _record(eqn, invals, ins, kernels, acc):

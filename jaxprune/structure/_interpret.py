@@ -8,6 +8,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
+from jaxprune.core import bind_equation
 from jaxprune.structure import _rules
 
 
@@ -50,14 +51,6 @@ def slice_value(cut: Cut, ids, x):
   return x
 
 
-def bind(eqn, invals, **override):
-  params = dict(eqn.params, **override)
-  bound = eqn.primitive.get_bind_params(params)
-  subfuns, params = bound if isinstance(bound, tuple) else ((), bound)
-  outs = eqn.primitive.bind(*subfuns, *invals, **params)
-  return outs if eqn.primitive.multiple_results else [outs]
-
-
 def run(cut: Cut, scope, consts, args):
   """Evaluates ``scope.jaxpr`` on ``args`` (already cut), cutting its constants."""
   jaxpr = scope.jaxpr
@@ -73,7 +66,7 @@ def run(cut: Cut, scope, consts, args):
   for i, eqn in enumerate(jaxpr.eqns):
     invals = [read(v) for v in eqn.invars]
     if not cut.eqn_changed(scope, i, eqn):
-      outs = bind(eqn, invals)
+      outs = bind_equation(eqn, invals)
     else:
       outs = _changed(cut, scope, i, eqn, invals)
     for v, x in zip(eqn.outvars, outs):
@@ -95,11 +88,11 @@ def _changed(cut, scope, i, eqn, invals):
   if name == "scan":
     return _scan(cut, scope.children[i][0], p, invals)
   if name == "reshape":
-    return bind(eqn, invals, new_sizes=out_shape(), dimensions=None)
+    return bind_equation(eqn, invals, new_sizes=out_shape(), dimensions=None)
   if name == "broadcast_in_dim":
-    return bind(eqn, invals, shape=out_shape())
+    return bind_equation(eqn, invals, shape=out_shape())
   if name == "split":
-    return bind(eqn, invals, sizes=tuple(out_shape(k)[p["axis"]]
+    return bind_equation(eqn, invals, sizes=tuple(out_shape(k)[p["axis"]]
                                          for k in range(len(eqn.outvars))))
   if name == "slice":
     ids = scope.env[eqn.invars[0]]
@@ -108,17 +101,17 @@ def _changed(cut, scope, i, eqn, invals):
       kept = ~cut.removed[x]
       lo.append(int(kept[:s].sum()))
       hi.append(int(kept[:e].sum()))
-    return bind(eqn, invals, start_indices=tuple(lo), limit_indices=tuple(hi))
+    return bind_equation(eqn, invals, start_indices=tuple(lo), limit_indices=tuple(hi))
   if name == "gather":
     sizes = list(p["slice_sizes"])
     for a, n in enumerate(jnp.shape(invals[0])):
       if sizes[a] == eqn.invars[0].aval.shape[a]:
         sizes[a] = n
-    return bind(eqn, invals, slice_sizes=tuple(sizes))
+    return bind_equation(eqn, invals, slice_sizes=tuple(sizes))
   if name == "conv_general_dilated" and p["feature_group_count"] > 1:
     lhs_f = p["dimension_numbers"].lhs_spec[1]
-    return bind(eqn, invals, feature_group_count=jnp.shape(invals[0])[lhs_f])
-  return bind(eqn, invals)
+    return bind_equation(eqn, invals, feature_group_count=jnp.shape(invals[0])[lhs_f])
+  return bind_equation(eqn, invals)
 
 
 def _scan(cut, child, p, invals):

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.core import describe, flatten_with_paths, leaves_like
+from jaxprune.core import describe, flatten_with_paths, is_tracer, leaves_like
 from jaxprune.structure._graph import Graph, Group
 
 METHODS = ("l1", "l2", "taylor", "scale", "random")
@@ -17,7 +16,7 @@ SCALE_NAMES = ("scale", "gamma", "weight")
 
 
 def _host(tree_leaves) -> bool:
-  return not any(isinstance(x, jax_core.Tracer) for x in tree_leaves)
+  return not any(is_tracer(x) for x in tree_leaves)
 
 
 def channel_sums(group: Group, leaves: dict, fn: Callable):

@@ -22,14 +22,13 @@ from __future__ import annotations
 import functools
 
 import jax
-from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
 from jaxprune import filters
 from jaxprune.core import (
-    check_same_shape, check_sparsity, count_dtype, flatten_with_paths, is_array,
-    is_floating, is_static_number, leaves_like, at_path, describe, mask_leaves)
+    at_path, check_same_shape, check_sparsity, count_dtype, describe, flatten_with_paths,
+    is_array, is_floating, is_static_number, is_tracer, leaves_like, mask_leaves)
 from jaxprune.masks import apply_masks, top_k
 
 _SCOPES = ("leaf", "global")
@@ -137,7 +136,7 @@ def _fractions(params, fraction, chosen, scope):
 def _remaining(mask, n, dtype):
   if mask is None:
     return np.asarray(n, dtype) if isinstance(n, int) else jnp.asarray(n, dtype)
-  if isinstance(mask, jax_core.Tracer):
+  if is_tracer(mask):
     return jnp.sum(mask, dtype=dtype)
   return np.asarray(np.sum(np.asarray(mask)), dtype)
 

@@ -53,14 +53,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
 from jaxprune import filters, scores as scores_lib
-from jaxprune.core import Keywords, describe, replicated_like
+from jaxprune.core import Keywords, replicated_like
 from jaxprune.transforms import _prune_checks as checks
 from jaxprune.transforms._state import PruneState, increment, masked_updates, zeros_count
 from jaxprune.transforms._steps import UpdateSteps

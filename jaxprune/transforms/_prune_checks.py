@@ -10,15 +10,14 @@ import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
-from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from jaxprune import filters, masks as masks_lib
 from jaxprune.core import (
-    Keywords, as_mask_leaf, at_path, check_sparsity, describe, flatten_with_paths, is_array,
-    is_static_number, leaves_like, listing)
+    as_mask_leaf, at_path, check_sparsity, describe, flatten_with_paths, is_array,
+    is_static_number, is_tracer, Keywords, leaves_like, listing)
 from jaxprune.transforms._state import PruneState, zeros_count
 from jaxprune.transforms._steps import UpdateSteps
 
@@ -160,7 +159,7 @@ def sample(schedule, steps) -> np.ndarray | None:
   if np.ndim(values) != 1:
     raise TypeError(f"a sparsity schedule must return a scalar; got values of shape "
                     f"{np.shape(values)[1:]}.")
-  if isinstance(values, jax_core.Tracer):
+  if is_tracer(values):
     return None
   return np.asarray(values, np.float64)
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxprune.core import (
-    at_path, describe, flatten_with_paths, is_array, leaves_like, path_to_str)
+    at_path, describe, flatten_with_paths, is_array, leaves_like)
 
 _OTHER = -1  # the marker of state leaves that are not per-parameter
 

@@ -5,6 +5,20 @@ Curvature is reached only through products: ``hvp`` is forward-over-reverse
 loss on its outputs (:class:`ModelLoss`). Only floating array leaves of ``params`` are
 differentiated; other leaves (ints, None, Python scalars) are held fixed and come back as
 ``None``.
+
+Besides :func:`hvp`, :func:`ggn_vp` and :class:`ModelLoss` (re-exported by ``jaxprune.scores``),
+this public module holds the pieces that curvature-based methods share (``jaxprune.scores``'s
+diagonals and ``jaxprune.compensate``): :func:`split` of params into differentiated leaves,
+:func:`hessian_operator` / :func:`ggn_operator` (matrix-free products on that split), and the
+argument checks that name the calling function in their errors.
+
+>>> import jax.numpy as jnp
+>>> from jaxprune.scores import curvature
+>>> s = curvature.split({"w": jnp.array([1.0, 2.0]), "step": 3}, "example")
+>>> grads, product = curvature.hessian_operator(
+...     lambda p: jnp.sum(p["w"] ** 3), s, ())
+>>> product([jnp.array([1.0, 0.0])])[0]
+Array([6., 0.], dtype=float32)
 """
 
 from __future__ import annotations
@@ -14,7 +28,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxprune.core import (
     at_least_f32, at_path, check_int, describe, flatten_with_paths, is_array, is_floating,
