@@ -25,13 +25,14 @@ numeric array is accepted where masks are taken, non-zero = kept
 """
 
 from jaxprune.transforms._dynamic import (
-    SparseTrainState, cosine_drop_fraction, grow_at_random, grow_by_gradient, rigl,
-    sparse_evolution, sparse_training, static_sparse)
+    SparseTrainState, grow_at_random, grow_by_gradient, rigl, sparse_evolution, sparse_training,
+    static_sparse)
 from jaxprune.transforms._keep import keep_sparse
 from jaxprune.transforms._lottery import lottery_round, lottery_sparsity
 from jaxprune.transforms._prune import prune
 from jaxprune.transforms._prune_checks import MisplacedPruneWarning
 from jaxprune.transforms._reset import params_like_paths, reset_optimizer_state
+from jaxprune.transforms._sparse_setup import cosine_drop_fraction
 from jaxprune.transforms._synflow import synflow_masks
 from jaxprune.transforms._state import KeepSparseState, PruneState, masked_params, masks_of
 

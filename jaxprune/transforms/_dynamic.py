@@ -44,9 +44,6 @@ the sparse network from the very first forward pass, sparsify them yourself once
 
 from __future__ import annotations
 
-import functools
-import math
-import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -55,16 +52,15 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxprune import allocate as allocate_lib, filters, masks as masks_lib, scores as scores_lib
+from jaxprune import masks as masks_lib, scores as scores_lib
 from jaxprune.core import (
-    at_path, check_key, check_sparsity, count_dtype, describe, flatten_with_paths, is_array,
-    is_static_number, leaves_like, mask_leaves, replicated_like, sharded_like)
+    at_path, check_key, count_dtype, describe, flatten_with_paths, is_array, leaves_like,
+    mask_leaves, replicated_like, sharded_like)
 from jaxprune.transforms._reset import reset_optimizer_state
+from jaxprune.transforms._sparse_setup import (
+    as_transformation, check_allocate, drop_fraction_schedule, random_masks)
 from jaxprune.transforms._state import masked_update_leaf
 from jaxprune.transforms._steps import UpdateSteps
-
-_ALLOCATIONS = {"erk": allocate_lib.erk, "uniform": allocate_lib.uniform}
-
 
 class SparseTrainState(NamedTuple):
   """State of :func:`sparse_training` (:func:`rigl`, :func:`sparse_evolution`, ...).
@@ -72,6 +68,10 @@ class SparseTrainState(NamedTuple):
   Attributes:
     count: int32 scalar, the number of updates done so far.
     masks: pytree like params: a bool array per masked leaf (True = active), ``None`` elsewhere.
+    sparsity: float32 scalar, the fraction of the masked leaves' entries that are inactive (it
+      never changes: drop and grow keep every leaf's count), for logging.
+    drop_fraction: float32 scalar, the fraction of active weights replaced at the last mask
+      update (0 before the first one and in static sparse training), for logging.
     key: the PRNG key given to ``grow``, split at every mask update; ``None`` without a key or
       without mask updates (static sparse training).
     inner_state: the state of the wrapped optimizer.
@@ -79,6 +79,8 @@ class SparseTrainState(NamedTuple):
 
   count: jax.Array
   masks: Any
+  sparsity: jax.Array
+  drop_fraction: jax.Array
   key: Any
   inner_state: Any
 
@@ -141,12 +143,12 @@ def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int =
   >>> optax.apply_updates(p, tx.update(p, tx.init(p), p)[0])["w"].tolist()  # w1 stays 0
   [0.5, 0.0]
   """
-  inner = _as_transformation(inner, name)
+  inner = as_transformation(inner, name)
   if (sparsity is None) == (masks is None):
     raise ValueError(f"{name}: give exactly one of sparsity= (a float or a pytree of float|None "
                      f"per leaf) and masks= (initial masks); got "
                      f"{'both' if masks is not None else 'neither'}.")
-  alloc = _check_allocate(allocate, name)
+  alloc = check_allocate(allocate, name)
   if masks is None and key is None:
     raise TypeError(f"{name} draws a random initial mask and needs key= (a jax.random.key or "
                     f"an int seed), e.g. {name}(inner, 0.9, key=jax.random.key(0)); or pass "
@@ -155,7 +157,7 @@ def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int =
   if grow is not None:
     steps = UpdateSteps.of(begin=every if begin is None else begin, every=every, end=end,
                            context=name, check_order=begin is not None)
-    fraction = _drop_schedule(drop_fraction, drop_schedule, steps.end, name)
+    fraction = drop_fraction_schedule(drop_fraction, drop_schedule, steps.end, name)
 
   def init_fn(params):
     if masks is not None:
@@ -165,13 +167,14 @@ def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int =
                          "array for each sparse leaf, e.g. from jaxprune.masks.topk.")
       initial = jax.tree.structure(params).unflatten(initial)
     else:
-      initial = _random_masks(params, sparsity, alloc, where, key)
+      initial = random_masks(params, sparsity, alloc, where, key)
     _, p_leaves, treedef = flatten_with_paths(params)
     initial = treedef.unflatten([None if m is None else sharded_like(m, p) for m, p in zip(
         leaves_like(params, initial, name="masks"), p_leaves)])
     state_key = None if grow is None else key
-    return replicated_like(SparseTrainState(jnp.zeros([], jnp.int32), initial, state_key,
-                                            inner.init(params)), params)
+    return replicated_like(SparseTrainState(
+        jnp.zeros([], jnp.int32), initial, _inactive_fraction(initial), jnp.zeros([], jnp.float32),
+        state_key, inner.init(params)), params)
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -184,20 +187,20 @@ def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int =
         treedef.unflatten([u if m is None else jnp.where(m, u, jnp.zeros((), u.dtype))
                            for u, m in zip(u_leaves, old)]),
         state.inner_state, params, **extra_args)
-    new_masks, new_key = state.masks, state.key
+    new_masks, new_key, dropped = state.masks, state.key, state.drop_fraction
     if grow is not None:
       grads = treedef.unflatten(_aligned(params, old, extra_args.get("grads", updates), "grads",
                                          name))
 
       def change(operands):  # on mask-update steps only
-        masks, key = operands
+        masks, key, _ = operands
         key, sub = (None, None) if key is None else jax.random.split(key)
         scores = grow(params, grads=grads, key=sub)  # pyright: ignore[reportOptionalCall]
         drop = jnp.clip(jnp.asarray(fraction(state.count), jnp.float32), 0.0, 1.0)
-        return _drop_and_grow(params, masks, scores, drop), key
+        return _drop_and_grow(params, masks, scores, drop), key, drop
 
-      new_masks, new_key = lax.cond(steps(state.count), change, lambda operands: operands,
-                                    (state.masks, state.key))
+      new_masks, new_key, dropped = lax.cond(steps(state.count), change, lambda operands: operands,
+                                             (state.masks, state.key, state.drop_fraction))
       # Only the masks go through the conditional: the reset is elementwise and fuses with
       # the inner update (a conditional over the whole inner state would copy it).
       changed = [None if m is None else m != n
@@ -208,7 +211,8 @@ def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int =
     out = [u if m is None else masked_update_leaf(u, p, m & n) for u, p, m, n in zip(
         leaves_like(params, inner_updates, name="inner updates"), p_leaves, old, new)]
     count = jnp.asarray(optax.safe_int32_increment(state.count))
-    return treedef.unflatten(out), SparseTrainState(count, new_masks, new_key, inner_state)
+    return treedef.unflatten(out), SparseTrainState(count, new_masks, state.sparsity, dropped,
+                                                    new_key, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -271,20 +275,6 @@ def static_sparse(inner, sparsity=None, **options) -> optax.GradientTransformati
   return sparse_training(inner, sparsity, grow=None, name="static_sparse", **options)
 
 
-def cosine_drop_fraction(drop_fraction: float, end: int) -> Callable:
-  """RigL's drop-fraction schedule: ``drop_fraction * (1 + cos(pi * min(t, end) / end)) / 2``.
-
-  >>> schedule = cosine_drop_fraction(0.3, 100)
-  >>> float(schedule(0)), round(float(schedule(50)), 4), float(schedule(100))
-  (0.30000001192092896, 0.15, 0.0)
-  """
-  def schedule(step):
-    t = jnp.minimum(jnp.asarray(step, jnp.float32), float(end)) / float(end)
-    return jnp.float32(drop_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
-
-  return schedule
-
-
 def _drop_and_grow(params, masks, scores, fraction):
   """New masks: per leaf drop ``d`` smallest-magnitude active entries, grow ``d`` inactive."""
   _, p_leaves, treedef = flatten_with_paths(params)
@@ -303,6 +293,14 @@ def _drop_and_grow(params, masks, scores, fraction):
   return treedef.unflatten(new)
 
 
+def _inactive_fraction(masks) -> jax.Array:
+  """The fraction of the masked entries that are inactive, a float32 scalar."""
+  leaves = [m for m in jax.tree.leaves(masks) if m is not None]
+  size = sum(int(np.prod(m.shape, dtype=np.int64)) for m in leaves)
+  inactive = sum(jnp.sum(~m, dtype=count_dtype(m.size)).astype(jnp.float32) for m in leaves)
+  return jnp.asarray(inactive, jnp.float32) / jnp.float32(max(size, 1))
+
+
 def _aligned(params, masks, tree, what, name) -> list:
   """The leaves of ``tree`` (updates or grads), shaped like the params at masked leaves."""
   paths, p_leaves, _ = flatten_with_paths(params)
@@ -316,84 +314,3 @@ def _aligned(params, masks, tree, what, name) -> list:
                        f"{tuple(m.shape)} but params there have shape {tuple(p.shape)}. "
                        "Initialise the optimizer state with these params.")
   return leaves
-
-
-def _random_masks(params, sparsity, alloc, where, key):
-  """Exact-count random masks at ``sparsity`` (allocated over leaves when it is a float).
-
-  Computed by one jitted call (compiled once per shapes and sparsities): eager top-k would
-  dispatch hundreds of tiny operations.
-  """
-  paths, leaves, treedef = flatten_with_paths(params)
-  if is_static_number(sparsity) and not isinstance(sparsity, bool):
-    values = leaves_like(params, alloc(params, float(sparsity), where=where),
-                         name="allocated sparsity")
-  else:
-    values = leaves_like(params, sparsity, name="sparsity")
-    if where is not None:
-      values = [v if c else None for v, c in zip(values, filters.select(params, where))]
-  if all(v is None for v in values):
-    raise ValueError("sparsity selects no leaf: every entry is None. Give a float for the "
-                     "leaves to make sparse, e.g. jaxprune.allocate.uniform(params, 0.9).")
-  static = []
-  for path, x, v in zip(paths, leaves, values):
-    if v is not None and not is_array(x):
-      raise TypeError(f"sparsity at {at_path(path)} is {v!r} but params there are not an "
-                      f"array: got {describe(x)}. Use None for leaves that are not sparse.")
-    v = None if v is None else check_sparsity(v, path)
-    if v is not None and not isinstance(v, float):
-      raise TypeError(f"sparsity at {at_path(path)} must be a static float for the initial "
-                      f"mask; got {describe(v)}.")
-    static.append(v)
-  shapes = tuple(tuple(np.shape(x)) if is_array(x) else None for x in leaves)
-  return _random_masks_jit(key, treedef, shapes, tuple(static))
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _random_masks_jit(key, treedef, shapes, sparsities):
-  leaves = [jax.ShapeDtypeStruct(() if s is None else s, np.float32) for s in shapes]
-  params = treedef.unflatten(leaves)
-  return masks_lib.topk(scores_lib.random(params, key), treedef.unflatten(list(sparsities)))
-
-
-def _as_transformation(inner, name):
-  if hasattr(inner, "gradient_transformation"):  # optax.MultiSteps and similar wrappers
-    inner = inner.gradient_transformation()
-  if not (callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))):
-    raise TypeError(f"{name}: inner must be an optax GradientTransformation (e.g. "
-                    f"optax.adam(1e-3)); got {describe(inner)}.")
-  if not isinstance(inner, optax.GradientTransformation):
-    inner = optax.GradientTransformation(inner.init, inner.update)
-  return optax.with_extra_args_support(inner)
-
-
-def _check_allocate(allocate, name):
-  if isinstance(allocate, str):
-    if allocate not in _ALLOCATIONS:
-      raise ValueError(f"{name}: allocate must be one of {sorted(_ALLOCATIONS)} or a callable "
-                       f"(params, sparsity, where=...) -> pytree; got {allocate!r}.")
-    return _ALLOCATIONS[allocate]
-  if not callable(allocate):
-    raise TypeError(f"{name}: allocate must be 'erk', 'uniform' or a callable such as "
-                    f"jaxprune.allocate.erk; got {describe(allocate)}.")
-  return allocate
-
-
-def _drop_schedule(drop_fraction, drop_schedule, end, name):
-  if callable(drop_schedule):
-    return drop_schedule
-  if drop_schedule not in (None, "cosine", "constant"):
-    raise ValueError(f"{name}: drop_schedule must be None/'cosine', 'constant' or a callable "
-                     f"step -> fraction; got {drop_schedule!r}.")
-  if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, numbers.Real) or not (
-      0.0 <= float(drop_fraction) <= 1.0) or math.isnan(float(drop_fraction)):
-    raise ValueError(f"{name}: drop_fraction must be a float in [0, 1] (fraction of active "
-                     f"weights replaced per mask update); got {drop_fraction!r}.")
-  if drop_schedule == "constant":
-    value = jnp.float32(drop_fraction)
-    return lambda step: value
-  if end is None:
-    raise ValueError(f"{name}: the default cosine drop schedule decays to 0 at end=, which is "
-                     "missing. Pass end= (the last step at which masks change; RigL uses 75% of "
-                     "training), or drop_schedule='constant' or a callable.")
-  return cosine_drop_fraction(float(drop_fraction), end)

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxprune import allocate
 from jaxprune.masks import keep_count
 from jaxprune.transforms import masks_of
-from jaxprune.transforms._dynamic import (
+from jaxprune.transforms import (
     SparseTrainState, cosine_drop_fraction, rigl, sparse_evolution, static_sparse)
 
 X = jax.random.normal(jax.random.key(42), (16, 6))
@@ -426,3 +426,38 @@ def test_bad_arguments_raise_clear_errors():
   grads["l2"][0] = jnp.ones((4, 8))
   with pytest.raises(ValueError, match="l2/0"):
     tx.update(grads, state, params)
+
+
+def test_state_carries_sparsity_and_last_drop_fraction_for_logging():
+  params = {"w": jax.random.normal(jax.random.key(0), (16, 8)), "v": jnp.ones((4, 5)),
+            "b": jnp.zeros(8)}
+  tx = rigl(optax.adam(1e-2), 0.7, every=2, end=8, allocate="uniform", key=0)
+  state = tx.init(params)
+  # Independent count: inactive entries over the masked leaves' entries.
+  leaves = [m for m in jax.tree.leaves(state.masks) if m is not None]
+  expected = sum(int((~m).sum()) for m in leaves) / sum(m.size for m in leaves)
+  assert float(state.sparsity) == pytest.approx(expected, abs=1e-7)
+  assert float(state.drop_fraction) == 0.0
+  step = jax.jit(tx.update)
+  seen = []
+  for _ in range(10):
+    grads = jax.tree.map(lambda x: jnp.cos(x) + 0.1, params)
+    count = int(state.count)
+    updates, state = step(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    seen.append((count, float(state.drop_fraction)))
+    assert float(state.sparsity) == pytest.approx(expected, abs=1e-7)
+  schedule = cosine_drop_fraction(0.3, 8)
+  last = 0.0
+  for count, dropped in seen:
+    if 2 <= count <= 8 and count % 2 == 0:
+      last = float(schedule(count))
+    assert dropped == pytest.approx(last, abs=1e-7), (count, dropped, last)
+
+
+def test_static_sparse_state_sparsity_is_exact_and_drop_fraction_zero():
+  params = {"w": jnp.ones((10, 10)), "u": jnp.ones((3, 7))}
+  state = static_sparse(optax.sgd(0.1), 0.9, allocate="uniform", key=1).init(params)
+  kept = keep_count(100, 0.9) + keep_count(21, 0.9)
+  assert float(state.sparsity) == pytest.approx(1 - kept / 121, abs=1e-7)
+  assert float(state.drop_fraction) == 0.0
