@@ -1,10 +1,18 @@
-"""Every test runs on 8 fake CPU devices (set before jax is imported)."""
+"""Every test runs on 8 fake CPU devices (set before jax is imported).
+
+The tests mirror the package (``tests/masks`` for ``jaxprune.masks``, ...); shared helpers
+(``reference``, ``multiprocess``) live in this folder, put on ``sys.path`` here for every
+sub-folder.
+"""
 
 import os
+import pathlib
+import sys
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -17,7 +17,7 @@ def _poly_reference(t, final, begin, end, initial, power):
 
 
 @settings(max_examples=40, deadline=None)
-@given(final=st.floats(0, 1, allow_subnormal=False), initial=st.floats(0, 1, allow_subnormal=False), begin=st.integers(0, 500),
+@given(final=st.floats(0, 1, width=32, allow_subnormal=False), initial=st.floats(0, 1, width=32, allow_subnormal=False), begin=st.integers(0, 500),
        span=st.integers(1, 5000), power=st.sampled_from([1, 2, 3, 0.5, 4.5]),
        steps=st.lists(st.integers(0, 7000), min_size=1, max_size=8))
 def test_polynomial_matches_formula(final, initial, begin, span, power, steps):
@@ -31,7 +31,7 @@ def test_polynomial_matches_formula(final, initial, begin, span, power, steps):
 
 
 @settings(max_examples=30, deadline=None)
-@given(final=st.floats(0, 1, allow_subnormal=False), begin=st.integers(0, 100), span=st.integers(1, 1000))
+@given(final=st.floats(0, 1, width=32, allow_subnormal=False), begin=st.integers(0, 100), span=st.integers(1, 1000))
 def test_polynomial_is_monotone_and_hits_endpoints(final, begin, span):
   end = begin + span
   schedule = schedules.polynomial(final, begin, end)

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _run(script, *args):
@@ -23,7 +23,7 @@ def _accuracy(line):
 
 
 def test_dynamic_sparse_example_quick():
-  # SET runs through the same code path as RigL here (and is covered by tests/test_dynamic.py)
+  # SET runs through the same code path as RigL here (and is covered by tests/transforms/test_dynamic.py)
   out = _run("dynamic_sparse.py", "--quick", "--steps", "60", "--every", "20", "--methods",
              "dense", "static", "rigl")
   rows = {line.split()[0]: line for line in out.splitlines()

@@ -317,7 +317,7 @@ print("done")
 def test_fisher_diagonal_with_a_tail_chunk_does_not_hang():
   # 500 examples in chunks of 256: one full chunk plus a tail of 244. Run side by side, the two
   # vmapped chunks (each with a batched eigh) deadlocked XLA:CPU by the third call.
-  examples = pathlib.Path(__file__).resolve().parent.parent / "examples"
+  examples = pathlib.Path(__file__).resolve().parents[2] / "examples"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   try:
     proc = subprocess.run([sys.executable, "-c", _CHUNK_TAIL_SCRIPT, str(examples)], env=env,
