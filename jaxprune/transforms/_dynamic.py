@@ -52,7 +52,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxprune import masks as masks_lib, scores as scores_lib
+from jaxprune import masks as masks_lib, scores as scores_lib, summary as summary_lib
 from jaxprune.core import (
     at_path, check_key, count_dtype, describe, flatten_with_paths, is_array, leaves_like,
     mask_leaves, replicated_like, sharded_like)
@@ -172,9 +172,10 @@ def sparse_training(inner, sparsity=None, *, grow: Callable | None, every: int =
     initial = treedef.unflatten([None if m is None else sharded_like(m, p) for m, p in zip(
         leaves_like(params, initial, name="masks"), p_leaves)])
     state_key = None if grow is None else key
+    inactive = summary_lib.sparsity(initial)["total"]  # every mask leaf is bool
     return replicated_like(SparseTrainState(
-        jnp.zeros([], jnp.int32), initial, _inactive_fraction(initial), jnp.zeros([], jnp.float32),
-        state_key, inner.init(params)), params)
+        jnp.zeros([], jnp.int32), initial, inactive, jnp.zeros([], jnp.float32), state_key,
+        inner.init(params)), params)
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -291,14 +292,6 @@ def _drop_and_grow(params, masks, scores, fraction):
     kept = masks_lib.top_k([jnp.abs(p)], [m], active - drop)[0]
     new.append(kept | masks_lib.top_k([s], [~m], drop)[0])
   return treedef.unflatten(new)
-
-
-def _inactive_fraction(masks) -> jax.Array:
-  """The fraction of the masked entries that are inactive, a float32 scalar."""
-  leaves = [m for m in jax.tree.leaves(masks) if m is not None]
-  size = sum(int(np.prod(m.shape, dtype=np.int64)) for m in leaves)
-  inactive = sum(jnp.sum(~m, dtype=count_dtype(m.size)).astype(jnp.float32) for m in leaves)
-  return jnp.asarray(inactive, jnp.float32) / jnp.float32(max(size, 1))
 
 
 def _aligned(params, masks, tree, what, name) -> list:
