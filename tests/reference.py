@@ -1,5 +1,6 @@
 """Independent sort-based references for the mask tests."""
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -33,3 +34,27 @@ def global_reference(leaves, sparsity) -> list:
     out.append(keep[start:start + x.size].reshape(x.shape))
     start += x.size
   return out
+
+
+def top_k_reference(leaves, eligible, k) -> list:
+  """Keeps the k best eligible entries over all leaves (leaf order, then index, break ties)."""
+  flat = np.concatenate([np.asarray(x, np.float64).ravel() for x in leaves])
+  ok = np.concatenate([np.ones(np.size(x), bool) if e is None else np.asarray(e).ravel()
+                       for x, e in zip(leaves, eligible)])
+  order = rank_order(flat)
+  order = order[ok[order]]
+  keep = np.zeros(flat.size, bool)
+  keep[order[:max(k, 0)]] = True
+  out, start = [], 0
+  for x in leaves:
+    out.append(keep[start:start + np.size(x)].reshape(np.shape(x)))
+    start += np.size(x)
+  return out
+
+
+def check_top_k(top_k, leaves, eligible, k) -> None:
+  """Asserts ``top_k(leaves, eligible, k)`` (jax arrays in) equals :func:`top_k_reference`."""
+  got = top_k([jnp.asarray(x) for x in leaves],
+              [None if e is None else jnp.asarray(e) for e in eligible], k)
+  for g, want in zip(got, top_k_reference(leaves, eligible, k)):
+    np.testing.assert_array_equal(np.asarray(g), want)

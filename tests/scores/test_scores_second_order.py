@@ -8,26 +8,17 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from score_models import apply_small_mlp, small_mlp
+
 from jaxprune import apply_masks, masks, scores
 from jaxprune.scores import ModelLoss
-
-
-def _params(key=jax.random.key(0), dtype=jnp.float32):
-  k1, k2, k3 = jax.random.split(key, 3)
-  return {"l1": {"kernel": jax.random.normal(k1, (4, 5), dtype), "bias": 0.1 * jax.random.normal(
-      k3, (5,), dtype)}, "l2": {"kernel": jax.random.normal(k2, (5, 3), dtype)}}
-
-
-def _apply(p, x):
-  h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"])
-  return h @ p["l2"]["kernel"]
 
 
 def _xent(logits, y):
   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-MODEL = ModelLoss(_apply, _xent)
+MODEL = ModelLoss(apply_small_mlp, _xent)
 
 
 X = jax.random.normal(jax.random.key(1), (8, 4))
@@ -42,8 +33,8 @@ def _dense(params):
   loss = lambda f: MODEL(unravel(f), X, Y)
   hess = jax.jit(jax.hessian(loss))(flat)
   grad = jax.grad(loss)(flat)
-  out = _apply(params, X)
-  jac = jax.jit(jax.jacobian(lambda f: _apply(unravel(f), X).reshape(-1)))(flat)
+  out = apply_small_mlp(params, X)
+  jac = jax.jit(jax.jacobian(lambda f: apply_small_mlp(unravel(f), X).reshape(-1)))(flat)
   h_out = jax.hessian(lambda o: _xent(o.reshape(out.shape), Y))(out.reshape(-1))
   return flat, unravel, hess, grad, jac.T @ h_out @ jac
 
@@ -60,7 +51,7 @@ def _with_values(state, pure):
 
 
 def test_obd_is_half_diag_times_w_squared():
-  params = _params()
+  params = small_mlp()
   flat, _, hess, _, ggn = _dense(params)
   got = jax.jit(lambda p: scores.obd(MODEL, p, X, Y, method="exact"))(params)
   np.testing.assert_allclose(_flat(got), 0.5 * jnp.diag(hess) * flat**2, rtol=2e-5, atol=1e-7)
@@ -69,7 +60,7 @@ def test_obd_is_half_diag_times_w_squared():
 
 
 def test_taylor2_matches_dense_reference():
-  params = _params(jax.random.key(2))
+  params = small_mlp(jax.random.key(2))
   flat, _, hess, grad, ggn = _dense(params)
   got = jax.jit(lambda p: scores.taylor2(MODEL, p, X, Y))(params)
   ref = jnp.abs(-grad * flat + 0.5 * flat * (hess @ flat))
@@ -80,7 +71,7 @@ def test_taylor2_matches_dense_reference():
 
 
 def test_grasp_matches_reference_and_removes_the_papers_highest_scores():
-  params = _params(jax.random.key(3))
+  params = small_mlp(jax.random.key(3))
   flat, unravel, hess, grad, _ = _dense(params)
   formula = jax.jit(lambda p: scores.grasp(MODEL, p, X, Y))(params)  # -w * Hg, as DESIGN.md
   np.testing.assert_allclose(_flat(formula), -flat * (hess @ grad), rtol=2e-5, atol=1e-7)
@@ -110,7 +101,7 @@ def test_channel_trace_and_channel_obd_with_masks_channels():
 
 def test_usable_as_prune_score_with_batch_and_key():
   from jaxprune import transforms  # noqa: PLC0415  (the training area, built alongside)
-  params = _params(jax.random.key(9))
+  params = small_mlp(jax.random.key(9))
   score = lambda params, batch, key: scores.obd(MODEL, params, *batch, key=key, probes=4)
   tx = optax.chain(optax.sgd(0.01), transforms.prune(score=score, sparsity=0.5,
                                                               every=2))
@@ -153,7 +144,7 @@ def test_sharded_and_low_precision_params(mesh):
 
 
 def test_bad_inputs():
-  params = _params()
+  params = small_mlp()
   with pytest.raises(ValueError, match="method must be one of"):
     scores.taylor2(MODEL, params, X, Y, method="fisher")
   with pytest.raises(TypeError, match="ModelLoss"):
@@ -161,13 +152,13 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match="probes must be >= 1"):
     scores.obd(MODEL, params, X, Y, key=jax.random.key(0), probes=0)
   with pytest.raises(ValueError, match="must return a floating scalar"):
-    scores.taylor2(lambda p, x, y: _apply(p, x), params, X, Y)
+    scores.taylor2(lambda p, x, y: apply_small_mlp(p, x), params, X, Y)
   with pytest.raises(ValueError, match=r"'l1/kernel' has 3 entries"):
     scores.wanda(params, {"l1": {"kernel": jnp.ones(3), "bias": None}, "l2": {"kernel": None}})
   with pytest.raises(ValueError, match="same tree structure"):
     scores.wanda(params, {"l1": None})
   with pytest.raises(TypeError, match="input_shape"):
-    scores.synflow(_apply, params, (1, -4))
+    scores.synflow(apply_small_mlp, params, (1, -4))
   with pytest.raises(ValueError, match=r"axis 3 is out of range.*'l1/kernel'"):
     scores.channel_trace(params, axis=3)
   with pytest.raises(ValueError, match=r"diag at 'l2/kernel'"):

@@ -4,24 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_models import apply_small_mlp, small_mlp
+
 from jaxprune import scores
 
 
-def _params(key=jax.random.key(0), dtype=jnp.float32):
-  k1, k2, k3 = jax.random.split(key, 3)
-  return {"l1": {"kernel": jax.random.normal(k1, (4, 5), dtype), "bias": 0.1 * jax.random.normal(
-      k3, (5,), dtype)}, "l2": {"kernel": jax.random.normal(k2, (5, 3), dtype)}}
-
-
-def _apply(p, x):
-  h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"])
-  return h @ p["l2"]["kernel"]
-
-
 def test_wanda_and_input_norms():
-  params = _params(jax.random.key(5))
+  params = small_mlp(jax.random.key(5))
   x = jax.random.normal(jax.random.key(6), (2, 7, 4))  # batch and tokens
-  norms = scores.input_norms(lambda p, x: _apply(p, x), params, x)
+  norms = scores.input_norms(lambda p, x: apply_small_mlp(p, x), params, x)
   h = jnp.tanh(x @ params["l1"]["kernel"] + params["l1"]["bias"])
   np.testing.assert_allclose(norms["l1"]["kernel"][:, 0], jnp.sqrt((x**2).sum((0, 1))),
                              rtol=1e-5)
