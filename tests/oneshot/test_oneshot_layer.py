@@ -27,17 +27,21 @@ def _least_squares(w, h, keep):
   return out
 
 
-def _sequential_obs(w, h, keep):
-  """The paper's update, written out: prune inputs in order, re-fit only the later ones."""
+def _sequential_obs(w, h, keep, bits=None):
+  """The paper's update, written out: fix inputs in order (pruned to 0, kept ones rounded to
+  the ``bits`` grid of the input kernel, clipped), re-fit only the later ones."""
+  qmax = None if bits is None else 2 ** (bits - 1) - 1
+  step = None if bits is None else np.abs(w).max(axis=0) / qmax
   h, w = h.astype(np.float64), w.astype(np.float64).copy()
   d = w.shape[0]
   for c in range(w.shape[1]):
     for i in range(d):
-      if not keep[i, c]:
-        later = np.arange(i + 1, d)
-        if len(later):
-          w[later, c] += np.linalg.solve(h[np.ix_(later, later)], h[later, i]) * w[i, c]
-        w[i, c] = 0.0
+      target = 0.0 if not keep[i, c] else (
+          w[i, c] if bits is None else np.clip(np.round(w[i, c] / step[c]), -qmax, qmax) * step[c])
+      later = np.arange(i + 1, d)
+      if len(later):
+        w[later, c] += np.linalg.solve(h[np.ix_(later, later)], h[later, i]) * (w[i, c] - target)
+      w[i, c] = target
   return w
 
 
@@ -57,15 +61,28 @@ def test_fixed_mask_pruned_first_is_least_squares(block):
   np.testing.assert_array_equal(np.asarray(mask), keep)
 
 
-@pytest.mark.parametrize("block", [12, 3])
-def test_fixed_mask_general_is_sequential_obs_and_no_better_than_least_squares(block):
+@pytest.mark.parametrize("block", [12, 5, 3])
+def test_fixed_mask_is_least_squares(block):
+  """Any fixed mask (block = width or not): the closed-form least-squares optimum."""
   x, w, h = _layer(1)
   keep = np.random.default_rng(2).random(w.shape) < 0.5
-  new_w, _ = oneshot.sparsegpt(w, h, mask=keep, block=block, damping=0.0)
-  ref = _sequential_obs(w, h, keep)
+  keep[:, 0] = False  # an output unit with nothing kept
+  keep[:, 1] = True  # and one with everything kept
+  new_w, mask = oneshot.sparsegpt(w, h, mask=keep, block=block, damping=0.0)
+  ref = _least_squares(w, h, keep)
   np.testing.assert_allclose(np.asarray(new_w), ref, atol=2e-3 * np.abs(ref).max())
-  assert _err(x, w, new_w) >= _err(x, w, _least_squares(w, h, keep)) * (1 - 1e-4)
+  np.testing.assert_array_equal(np.asarray(mask), keep)
   assert _err(x, w, new_w) < _err(x, w, np.where(keep, w, 0))  # better than no update
+
+
+def test_fixed_mask_with_bits_is_sequential_obs():
+  """With joint quantisation, a fixed mask runs the paper's sequential update."""
+  x, w, h = _layer(11)
+  keep = np.random.default_rng(3).random(w.shape) < 0.5
+  new_w, mask = oneshot.sparsegpt(w, h, mask=keep, block=5, damping=0.0, bits=4)
+  ref = _sequential_obs(w, h, keep, bits=4)
+  np.testing.assert_allclose(np.asarray(new_w), ref, atol=2e-3 * np.abs(ref).max())
+  np.testing.assert_array_equal(np.asarray(mask), keep)
 
 
 def test_reconstruction_error_order_on_random_layers():
