@@ -18,11 +18,12 @@ import lm
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="lm_checkpoint", help="checkpoint folder")
-  parser.add_argument("--steps", type=int, default=600)
+  parser.add_argument("--steps", type=int, default=3000)
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--width", type=int, default=256)
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--budget", type=float, default=600.0, help="stop after this many seconds")
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--budget", type=float, default=None,
+                      help="stop after this many seconds (makes the result machine-dependent)")
   parser.add_argument("--quick", action="store_true", help="tiny model, seconds (smoke test)")
   args = parser.parse_args(argv)
   if args.quick:
