@@ -20,6 +20,8 @@ import jaxprune
 from jaxprune import oneshot
 
 WHERE = r"block\d+/.*/kernel"
+# OWL as in the paper: one outlier ratio and one sparsity per transformer block ("block3/...").
+OWL = oneshot.OWL(lam=0.08, m=5.0, group=lambda name: name.split("/")[0])
 
 
 def runs(sparsities, nm=True):
@@ -29,7 +31,7 @@ def runs(sparsities, nm=True):
     for method in ("magnitude", "wanda", "sparsegpt"):
       out.append((f"{method} {s:.0%}", dict(method=method, sparsity=s)))
     for method in ("wanda", "sparsegpt"):
-      out.append((f"{method}+OWL {s:.0%}", dict(method=method, sparsity=s, owl=True)))
+      out.append((f"{method}+OWL {s:.0%}", dict(method=method, sparsity=s, owl=OWL)))
   if nm:
     for method in ("magnitude", "wanda", "sparsegpt"):
       out.append((f"{method} 2:4", dict(method=method, n=2, m=4)))
@@ -74,7 +76,7 @@ def main(argv=None):
     cfg = lm.Config(layers=2, width=64, heads=2, context=32)
     model, params = lm.train(cfg, train, steps=30, batch=16, log_every=0)
     configs = [("wanda 50%", dict(method="wanda", sparsity=0.5)),
-               ("sparsegpt+OWL 50%", dict(method="sparsegpt", sparsity=0.5, owl=True)),
+               ("sparsegpt+OWL 50%", dict(method="sparsegpt", sparsity=0.5, owl=OWL)),
                ("sparsegpt 2:4", dict(method="sparsegpt", n=2, m=4))]
     n_cal, n_val = 8, 32
   else:

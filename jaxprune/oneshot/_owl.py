@@ -1,7 +1,8 @@
 """OWL (Yin et al., 2024): outlier-weighted layer-wise sparsity, on top of any method.
 
 A layer's outlier ratio ``D`` is the fraction of its Wanda scores ``|w_ij|·‖x_i‖`` (dense
-model, calibration inputs) above ``M`` times the layer's mean score. Layers with more outliers
+model, calibration inputs) above ``M`` times the layer's mean score (with ``group=``, over the
+scores of all the group's layers together, e.g. one transformer block as in the paper). Layers with more outliers
 keep more: the ratios are rescaled linearly to ``[0, 2λ]`` and shifted so that the average
 kept fraction is ``1 − sparsity``; ``sparsity_l = 1 − kept_l``.
 """
@@ -56,25 +57,38 @@ def options(owl, fn):
 
 def outlier_ratio(w2d, norms, m):
   """Fraction of Wanda scores of a ``(in, out)`` kernel above ``m`` times their mean."""
-  score = jnp.abs(w2d.astype(jnp.float32)) * norms[:, None]
+  score = _scores(w2d, norms)
   return float(jnp.mean(score > m * jnp.mean(score)))
 
 
+def _scores(w2d, norms):
+  return jnp.abs(w2d.astype(jnp.float32)) * norms[:, None]
+
+
 def allocate(opts, sites, names, norms, kernels, base):
-  """Per-layer sparsities (list aligned with ``sites``) around the one target ``base``."""
+  """Per-layer sparsities (list aligned with ``sites``) around the one target ``base``.
+
+  A group's outlier ratio is taken over the Wanda scores of all its layers together, against
+  ``M`` times their common mean (the paper's per-block ratio when groups are blocks).
+  """
   target = base[0]
   if any(b != target for b in base):
     raise TypeError("oneshot.prune: OWL needs one float sparsity for all pruned layers.")
   keys = [names[i] if opts.group is None else opts.group(names[i]) for i in range(len(sites))]
-  ratio, size = {}, {}
+  matrices = []
   for i, site in enumerate(sites):
     k = kernels[i][site.index] if site.index else kernels[i]
-    w2d, _ = _trace.matrix_of(k, site.contract)
-    r = outlier_ratio(w2d, norms[i], opts.m)
-    ratio.setdefault(keys[i], []).append((r, w2d.size))
-    size[keys[i]] = size.get(keys[i], 0) + w2d.size
-  groups = list(ratio)
-  d = np.array([sum(r * s for r, s in ratio[g]) / size[g] for g in groups])
+    matrices.append(_trace.matrix_of(k, site.contract)[0])
+  total, size = {}, {}
+  for key, w2d, nrm in zip(keys, matrices, norms):
+    total[key] = total.get(key, 0.0) + float(jnp.sum(_scores(w2d, nrm)))
+    size[key] = size.get(key, 0) + w2d.size
+  above = {}
+  for key, w2d, nrm in zip(keys, matrices, norms):
+    mean = total[key] / size[key]
+    above[key] = above.get(key, 0) + int(jnp.sum(_scores(w2d, nrm) > opts.m * mean))
+  groups = list(size)
+  d = np.array([above[g] / size[g] for g in groups])
   spread = d.max() - d.min()
   keep = np.zeros_like(d) if spread == 0 else (d - d.min()) / spread * 2 * opts.lam
   weights = np.array([size[g] for g in groups], float) if opts.weighted else np.ones(len(d))

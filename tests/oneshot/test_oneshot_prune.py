@@ -136,6 +136,24 @@ def test_owl_outlier_ratio_by_hand():
   assert _owl.outlier_ratio(w, jnp.ones(2), 2.0) == 0.25
 
 
+def test_owl_group_ratio_over_the_group_scores_by_hand():
+  """A group's ratio counts its layers' scores against their common mean (the paper's block
+  ratio), not the average of per-layer ratios: here the two orders differ."""
+  from jaxprune.oneshot import _owl, _trace
+  kernels = [jnp.full((2, 2), 10.0), jnp.array([[1.0, 1.0], [1.0, 20.0]]), jnp.ones((2, 2)),
+             jnp.array([[1.0, 1.0], [1.0, 5.0]])]
+  sites = [_trace.Site(i, (), (0,), 2, 2, None) for i in range(4)]
+  names = ["g1/a", "g1/b", "g2/c", "g3/d"]
+  opts = oneshot.OWL(lam=0.1, m=1.2, group=lambda name: name.split("/")[0])
+  # g1: scores 10,10,10,10,1,1,1,20 (mean 7.875, 5 above 9.45) -> 0.625; g2: 0; g3: 1 of 4 -> 0.25
+  # (per-layer ratios averaged would give g1 0.125 < g3 0.25)
+  s = _owl.allocate(opts, sites, names, [jnp.ones(2)] * 4, kernels, [0.5] * 4)
+  assert s[0] == s[1] < s[3] < s[2]
+  kept = [(1 - x) * 4 for x in s]
+  assert abs(sum(kept) / 16 - 0.5) < 1e-9  # size-weighted average kept fraction at the target
+  assert abs((1 - s[0]) - (1 - s[2]) - 0.2) < 1e-9  # spread 2 lambda between the extremes
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(sparsity=1.5), r"\[0, 1\]"),
     (dict(n=2, m=3), "does not divide"),
