@@ -68,6 +68,13 @@ def _dtype(name, where):
   return dtype
 
 
+def _float_dtype(name, where):
+  dtype = _dtype(name, where)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ExportError(f"{where}: scale dtype {name!r} is not a float dtype; corrupted.")
+  return dtype
+
+
 def _shape(shape, where):
   if not isinstance(shape, list) or not all(
       isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
@@ -80,7 +87,7 @@ def _jax_can_hold(dtype) -> bool:
   return jax.dtypes.canonicalize_dtype(dtype) == dtype
 
 
-def _decode(entry, blobs, where, verify):
+def _decode(entry, blobs, where, verify, version):
   """``(array or QuantizedLeaf or scalar, mask or None)`` of one manifest entry (numpy)."""
   if not isinstance(entry, dict):
     raise ExportError(f"{where}: the manifest entry is {entry!r}; corrupted.")
@@ -105,10 +112,10 @@ def _decode(entry, blobs, where, verify):
     dense = np.zeros(n, dtype)
     dense[mask] = _codecs.decode_values(entry["values"], get("values"), dtype, int(mask.sum()))
     return dense.reshape(shape), mask.reshape(shape)
-  return _quantized(entry, get, dtype, shape, mask, where)
+  return _quantized(entry, get, dtype, shape, mask, where, version)
 
 
-def _quantized(entry, get, dtype, shape, mask, where):
+def _quantized(entry, get, dtype, shape, mask, where, version):
   bits = entry.get("bits")
   if not isinstance(bits, int) or not 2 <= bits <= 8:
     raise ExportError(f"{where}: bad bit width {bits!r} in the manifest; corrupted.")
@@ -116,15 +123,15 @@ def _quantized(entry, get, dtype, shape, mask, where):
   if len(grid) != len(shape) or any(g == 0 and s or g and s % g for g, s in zip(grid, shape)):
     raise ExportError(f"{where}: scale shape {grid} does not tile the shape {shape}; corrupted.")
   count = math.prod(shape) if mask is None else int(mask.sum())
-  if bits <= 4:
-    packed = _codecs.decode_values(entry["values"], get("values"), np.uint8, -(-count // 2))
-    kept = np.asarray(_q.unpack_int4(packed, count))
-  else:
-    kept = _codecs.decode_values(entry["values"], get("values"), np.int8, count)
-    if kept.size and (kept.min() < -(2 ** (bits - 1)) or kept.max() > 2 ** (bits - 1) - 1):
-      raise ExportError(f"{where}: quantised values out of range for {bits} bits; corrupted.")
-  scale = _codecs.decode_values(entry["scale"], get("scale"), np.float32,
-                                math.prod(grid)).reshape(grid)
+  kept = _codecs.decode_ints(entry["values"], get("values"), bits, count,
+                             packed_default=True if version == 2 else None)
+  if kept.size and (kept.min() < -(2 ** (bits - 1)) or kept.max() > 2 ** (bits - 1) - 1):
+    raise ExportError(f"{where}: quantised values out of range for {bits} bits; corrupted.")
+  v2 = "float32" if version == 2 else None  # version 2 stored float32 scales only
+  scale_dtype = _float_dtype(entry.get("scale_dtype", v2), where)
+  storage = _float_dtype(entry.get("scale_storage", v2), where)
+  scale = _codecs.decode_values(entry["scale"], get("scale"), storage,
+                                math.prod(grid)).reshape(grid).astype(scale_dtype)
   zero = None
   if entry.get("zero") is not None:
     zero = _codecs.decode_values(entry["zero"], get("zero"), np.int8,
@@ -208,7 +215,7 @@ def load(path, target=None, *, quantized: bool = False, verify: bool = True):
   def decode(keys):
     at = f"{where} at {at_path(_path(keys))}"
     try:
-      return _decode(entries[found[keys]], blobs, at, verify)
+      return _decode(entries[found[keys]], blobs, at, verify, manifest["version"])
     except CorruptError as err:
       raise ExportError(f"{at}: {err}; the file is corrupted.") from None
     except (KeyError, TypeError, IndexError, AttributeError) as err:

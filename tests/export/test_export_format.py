@@ -34,16 +34,18 @@ def _same(a, b):
   assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-@pytest.mark.parametrize("bits,group,symmetric", [(8, None, True), (4, 32, True),
-                                                   (8, None, False), (4, 16, False)])
-def test_quantized_round_trip_is_bit_exact(tmp_path, bits, group, symmetric):
+@pytest.mark.parametrize("bits,group,symmetric,scale_dtype", [
+    (8, None, True, jnp.bfloat16), (4, 32, True, jnp.bfloat16), (8, None, False, jnp.bfloat16),
+    (4, 16, False, jnp.bfloat16), (8, None, True, jnp.float32), (4, 16, False, jnp.float32)])
+def test_quantized_round_trip_is_bit_exact(tmp_path, bits, group, symmetric, scale_dtype):
   params, masks = _tree()
-  opts = dict(group_size=group, symmetric=symmetric)
+  opts = dict(group_size=group, symmetric=symmetric, scale_dtype=scale_dtype)
   f = export.save(tmp_path / "q", params, masks, bits=bits, **opts)
   expected = quantize.quantize(params, bits, masks=masks, **opts)
   got, got_masks = export.load(f, quantized=True)
   for e, g in ((expected["a"].kernel, got["a"]["kernel"]), (expected["b"][0], got["b"][0])):
     assert quantize.is_quantized(g) and g.bits == bits and g.dtype == e.dtype
+    assert np.dtype(g.scale.dtype) == np.dtype(scale_dtype)
     for field in ("values", "scale", "zero"):
       if getattr(e, field) is None:
         assert getattr(g, field) is None
@@ -79,7 +81,7 @@ def test_sizes_shrink_with_quantisation_and_beat_a_bitmap(tmp_path):
   assert size[None] < bitmap + m.sum() * 4 * 0.85  # shuffled floats compress, mask < bitmap
   assert size[8] < 0.045 * w.nbytes and size[4] < 0.7 * size[8], size
   rows = export.inspect(tmp_path / "8")
-  assert rows[0]["mask_coding"] == "rice"
+  assert rows[0]["mask_coding"] == "rans"
 
 
 @pytest.mark.parametrize("kind", ["random90", "random50", "channels", "all", "none", "tiny"])
