@@ -84,13 +84,13 @@ def _rans_planes(planes: np.ndarray) -> tuple[list[str], bytes]:
   return kinds, b"".join(parts)
 
 
-def _rans_unplane(kinds, data: bytes, planes: int, count: int) -> np.ndarray:
+def _rans_unplane(kinds, data: bytes, planes: int, count: int, rans) -> np.ndarray:
   if not isinstance(kinds, list) or len(kinds) != planes:
     raise CorruptError(f"the manifest lists byte planes {kinds!r}, expected {planes}")
   out, offset = np.empty((planes, count), np.uint8), 0
   for i, kind in enumerate(kinds):
     if kind == "rans":
-      out[i], offset = _rans.decode(data, count, offset)
+      out[i], offset = rans(data, count, offset)
     elif kind == "raw" and offset + count <= len(data):
       out[i] = np.frombuffer(data, np.uint8, count, offset)
       offset += count
@@ -123,8 +123,26 @@ def encode_values(array: np.ndarray, compression: str = "best"):
   return meta, data
 
 
-def decode_values(meta: dict, data: bytes, dtype: DTypeLike, count: int) -> np.ndarray:
-  """The inverse of :func:`encode_values`: ``dtype[count]``."""
+def value_streams(meta: dict, data: bytes, itemsize: int, count: int) -> list:
+  """``(offset, count)`` of the rANS streams in a blob of :func:`encode_values` of ``count``
+  values of ``itemsize`` bytes (their headers are read, not decoded)."""
+  if meta.get("codec") != "rans" or not isinstance(meta.get("planes"), list):
+    return []
+  per = count if meta.get("shuffle") else count * itemsize
+  streams, offset = [], 0
+  for kind in meta["planes"]:
+    if kind == "rans":
+      streams.append((offset, per))
+      offset = _rans.stream_end(data, per, offset)
+    else:
+      offset += per
+  return streams
+
+
+def decode_values(meta: dict, data: bytes, dtype: DTypeLike, count: int,
+                  rans=_rans.decode) -> np.ndarray:
+  """The inverse of :func:`encode_values`: ``dtype[count]``. ``rans(data, count, offset)``
+  decodes a rANS stream (``_rans.decode``, or a look-up of streams decoded beforehand)."""
   dtype = np.dtype(dtype)
   size = count * dtype.itemsize
   if meta.get("raw_length") != size:
@@ -133,7 +151,7 @@ def decode_values(meta: dict, data: bytes, dtype: DTypeLike, count: int) -> np.n
   shuffle = bool(meta.get("shuffle"))
   if meta.get("codec") == "rans":
     planes = dtype.itemsize if shuffle else 1
-    raw = _rans_unplane(meta.get("planes"), data, planes, size // planes).reshape(-1)
+    raw = _rans_unplane(meta.get("planes"), data, planes, size // planes, rans).reshape(-1)
   else:
     raw = np.frombuffer(_decompress(data, meta.get("codec"), size), np.uint8)
   if shuffle:
@@ -158,14 +176,26 @@ def encode_ints(values: np.ndarray, bits: int, compression: str = "best"):
   return meta, data
 
 
-def decode_ints(meta: dict, data: bytes, bits: int, count: int, *, packed_default=None):
-  """The inverse of :func:`encode_ints`: ``int8[count]`` (range not checked here)."""
+def _packed(meta: dict, bits: int, packed_default) -> bool:
   packed = meta.get("packed", packed_default) if bits <= 4 else False
   if not isinstance(packed, bool):
     raise CorruptError(f"bad 'packed' flag {packed!r}")
-  if packed:
-    return np.asarray(unpack_int4(decode_values(meta, data, np.uint8, -(-count // 2)), count))
-  return decode_values(meta, data, np.int8, count)
+  return packed
+
+
+def int_streams(meta: dict, data: bytes, bits: int, count: int, *, packed_default=None):
+  """:func:`value_streams` of a blob of :func:`encode_ints`."""
+  packed = _packed(meta, bits, packed_default)
+  return value_streams(meta, data, 1, -(-count // 2) if packed else count)
+
+
+def decode_ints(meta: dict, data: bytes, bits: int, count: int, *, packed_default=None,
+                rans=_rans.decode):
+  """The inverse of :func:`encode_ints`: ``int8[count]`` (range not checked here)."""
+  if _packed(meta, bits, packed_default):
+    packed = decode_values(meta, data, np.uint8, -(-count // 2), rans)
+    return np.asarray(unpack_int4(packed, count))
+  return decode_values(meta, data, np.int8, count, rans)
 
 
 # ------------------------------------------------------------------------------------ masks
@@ -202,7 +232,15 @@ def encode_mask(mask: np.ndarray, compression: str = "best"):
   return meta, best
 
 
-def decode_mask(meta: dict, data: bytes, n: int) -> np.ndarray:
+def mask_streams(meta: dict, n: int) -> list:
+  """``(offset, count)`` of the rANS stream in a blob of :func:`encode_mask` (if any)."""
+  kept, invert = meta.get("kept"), meta.get("invert")
+  if meta.get("coding") != "rans" or not isinstance(kept, int) or not 0 <= kept <= n:
+    return []
+  return [(0, n - kept if invert else kept)]
+
+
+def decode_mask(meta: dict, data: bytes, n: int, rans=_rans.decode) -> np.ndarray:
   """The inverse of :func:`encode_mask`: ``bool[n]``; checks the kept count."""
   kept = meta.get("kept")
   if not isinstance(kept, int) or not 0 <= kept <= n:
@@ -221,7 +259,7 @@ def decode_mask(meta: dict, data: bytes, n: int) -> np.ndarray:
     if coding == "rice":
       gaps = _gaps.rice_decode(data, count, k, unary_bits)
     else:
-      gaps = _gaps.rans_decode(data, count, k, n)
+      gaps = _gaps.rans_decode(data, count, k, n, rans)
     flat = np.zeros(n, bool)
     flat[_gaps.positions(gaps, n)] = True
     if invert:

@@ -131,8 +131,10 @@ def rans_encode(gaps: np.ndarray):
   return k, _rans.encode(symbols) + _low_bits(gaps, k) + varints(escapes)
 
 
-def rans_decode(data: bytes, count: int, k: int, n: int) -> np.ndarray:
-  symbols, offset = _rans.decode(data, count)
+def rans_decode(data: bytes, count: int, k: int, n: int, rans=_rans.decode) -> np.ndarray:
+  """The gaps of :func:`rans_encode`; ``rans`` decodes the stream (``_rans.decode`` or a
+  look-up of streams decoded beforehand)."""
+  symbols, offset = rans(data, count, 0)
   low_end = offset + (count * k + 7) // 8
   if low_end > len(data):
     raise CorruptError(f"the rANS-coded mask holds {len(data)} bytes, its low bits end at "

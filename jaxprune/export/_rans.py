@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -216,14 +217,18 @@ def _read_table(reader: _Reader):
   return prob_bits, freqs
 
 
-def decode(data, count: int, offset: int = 0) -> tuple[np.ndarray, int]:
-  """``(uint8[count], end offset)``: the symbols of the stream at ``data[offset:]``.
+class _Stream(NamedTuple):
+  prob_bits: int
+  freqs: np.ndarray  # int64[256]
+  states: np.ndarray  # uint64[lanes]
+  words: np.ndarray  # uint64[W]
+  crc: int
+  count: int
+  end: int  # offset just after the stream
 
-  Raises:
-    CorruptError: the stream is malformed, truncated or does not end where it should.
-  """
-  if count == 0:
-    return np.zeros(0, np.uint8), offset
+
+def _parse(data, count: int, offset: int) -> _Stream:
+  """The checked header, states and words of a stream of ``count >= 1`` symbols."""
   reader = _Reader(data, offset)
   prob_bits, freqs = _read_table(reader)
   lanes = reader.varint(count)
@@ -232,47 +237,137 @@ def decode(data, count: int, offset: int = 0) -> tuple[np.ndarray, int]:
   if lanes < 1 or not one_symbol and -(-count // lanes) > STEPS:
     raise CorruptError(f"the rANS stream has {lanes} lanes for {count} symbols")
   crc = int(np.frombuffer(reader.take(4), "<u4")[0])
-  x = np.frombuffer(reader.take(4 * lanes), "<u4").astype(_U64)
+  states = np.frombuffer(reader.take(4 * lanes), "<u4").astype(_U64)
   words = np.frombuffer(reader.take(2 * n_words), "<u2").astype(_U64)
-  if (x < LOW).any():
+  if (states < LOW).any():
     raise CorruptError("a rANS lane state is below 2**16")
-  if one_symbol:  # the encoder writes one lane in its initial state and no words
-    if lanes != 1 or n_words or (x != LOW).any():
-      raise CorruptError("a one-symbol rANS stream holds words or moved states")
-    out = np.full(count, int(np.argmax(freqs)), np.uint8)
-  else:
-    out = _decode_steps(x, words, freqs, prob_bits, count)
-  if zlib.crc32(out.tobytes()) != crc:
-    raise CorruptError("the symbols decoded from the rANS stream fail its CRC-32")
-  return out, reader.pos
+  if one_symbol and (lanes != 1 or n_words or (states != LOW).any()):
+    raise CorruptError("a one-symbol rANS stream holds words or moved states")
+  return _Stream(prob_bits, freqs, states, words, crc, count, reader.pos)
 
 
-def _decode_steps(x, words, freqs, prob_bits, count):
-  lanes = x.size
-  steps = -(-count // lanes)
-  slot_symbol = np.repeat(np.arange(256, dtype=np.uint8), freqs)
-  slot_freq = freqs.astype(_U64)[slot_symbol]
-  starts = np.concatenate([[0], np.cumsum(freqs)[:-1]])
-  slot_bias = (np.arange(1 << prob_bits) - starts[slot_symbol]).astype(_U64)  # slot - start
-  out = np.empty((steps, lanes), np.uint8)
-  slot = np.empty(lanes, _U64)
-  mask, bits, sixteen, pos = _U64((1 << prob_bits) - 1), _U64(prob_bits), _U64(16), 0
-  for t in range(steps):
-    np.bitwise_and(x, mask, out=slot)
-    np.take(slot_symbol, slot, out=out[t])
-    x >>= bits
-    x *= slot_freq[slot]
-    x += slot_bias[slot]
-    need = (x < LOW).nonzero()[0]
+def stream_end(data, count: int, offset: int = 0) -> int:
+  """Where the stream of ``count`` symbols at ``data[offset:]`` ends (its header only)."""
+  return offset if count == 0 else _parse(data, count, offset).end
+
+
+def decode(data, count: int, offset: int = 0) -> tuple[np.ndarray, int]:
+  """``(uint8[count], end offset)``: the symbols of the stream at ``data[offset:]``.
+
+  Raises:
+    CorruptError: the stream is malformed, truncated or does not end where it should.
+  """
+  out = decode_many([(data, count, offset)])[0]
+  if isinstance(out, CorruptError):
+    raise out
+  return out
+
+
+def decode_many(requests) -> list:
+  """:func:`decode` of every ``(data, count, offset)``, all lanes of all streams advancing
+  together (as many steps as the longest stream, not their sum); a stream that does not
+  decode gives its ``CorruptError`` in place of ``(symbols, end)``."""
+  results: list = [None] * len(requests)
+  streams = {}
+  for i, (data, count, offset) in enumerate(requests):
+    if count == 0:
+      results[i] = (np.zeros(0, np.uint8), offset)
+      continue
+    try:
+      stream = _parse(data, count, offset)
+    except CorruptError as err:
+      results[i] = err
+      continue
+    if stream.states.size == 1 and stream.freqs.max() == 1 << stream.prob_bits:
+      results[i] = _checked(stream, np.full(count, int(np.argmax(stream.freqs)), np.uint8))
+    else:
+      streams[i] = stream
+  decoded = _decode_lanes(list(streams.values()))
+  for (i, stream), out in zip(streams.items(), decoded):
+    results[i] = out if isinstance(out, CorruptError) else _checked(stream, out)
+  return results
+
+
+def _checked(stream: _Stream, out: np.ndarray):
+  if zlib.crc32(out.tobytes()) != stream.crc:
+    return CorruptError("the symbols decoded from the rANS stream fail its CRC-32")
+  return out, stream.end
+
+
+def _decode_lanes(streams: list[_Stream]) -> list:
+  """The symbols of each stream (or a CorruptError), every lane of every stream in one loop.
+
+  Streams are laid out longest first and each stream's lanes side by side, so the lanes still
+  running at step ``t`` are a prefix; a step's renormalisation words are taken, per stream, in
+  lane order from that stream's words.
+  """
+  if not streams:
+    return []
+  order = sorted(range(len(streams)), key=lambda j: -_steps(streams[j]))
+  streams = [streams[j] for j in order]
+  lanes = np.array([s.states.size for s in streams])
+  steps = np.array([_steps(s) for s in streams])
+  tables = [_slot_tables(s) for s in streams]
+  sizes = np.array([1 << s.prob_bits for s in streams])
+  lane_stream = np.repeat(np.arange(len(streams)), lanes)
+  lane_base = np.repeat(np.cumsum(sizes) - sizes, lanes).astype(_U64)
+  lane_mask = np.repeat(sizes - 1, lanes).astype(_U64)
+  lane_bits = np.repeat([s.prob_bits for s in streams], lanes).astype(_U64)
+  symbol, freq, bias = (np.concatenate([t[k] for t in tables]) for k in range(3))
+  words = np.concatenate([s.words for s in streams] + [np.zeros(1, _U64)])  # + a sentinel
+  word_count = np.array([s.words.size for s in streams], np.int64)
+  word_end = np.cumsum(word_count)
+  word_pos = word_end - word_count
+  x = np.concatenate([s.states for s in streams])
+  # lanes still running at step t: those of the streams with more than t steps (a prefix)
+  running = np.cumsum(np.concatenate([[0], lanes]))[
+      np.searchsorted(-steps, -np.arange(int(steps[0])), side="left")]
+  out = np.empty((int(steps[0]), x.size), np.uint8)
+  single = len(streams) == 1
+  for t, active in enumerate(running.tolist()):
+    xs = x[:active]
+    slot = xs & lane_mask[:active]
+    slot += lane_base[:active]
+    symbol.take(slot, out=out[t, :active])
+    xs >>= lane_bits[:active]
+    xs *= freq[slot]
+    xs += bias[slot]
+    need = (xs < LOW).nonzero()[0]
     if need.size:
-      end = pos + need.size
-      if end > words.size:
-        raise CorruptError("the rANS stream runs out of words")
-      x[need] = (x[need] << sixteen) | words[pos:end]
-      pos = end
-  if pos != words.size or (x != LOW).any():
-    raise CorruptError("the rANS stream does not end in its initial state")
-  out = out.reshape(-1)
-  if (out[count:] != np.argmax(freqs)).any():
-    raise CorruptError("the rANS stream's padding is not its most frequent symbol")
-  return out[:count]
+      if single:
+        index = word_pos[0] + np.arange(need.size)
+        word_pos[0] += need.size
+      else:  # each stream's needing lanes are side by side: rank them within their stream
+        owner = lane_stream[need]
+        index = word_pos[owner] + (np.arange(need.size) - np.searchsorted(owner, owner))
+        word_pos += np.bincount(owner, minlength=len(streams))
+      np.minimum(index, words.size - 1, out=index)  # an overrun reads the sentinel; see below
+      xs[need] = (xs[need] << _U64(16)) | words[index]
+  results: list = [None] * len(streams)
+  first = np.cumsum(lanes) - lanes
+  for j, s in enumerate(streams):
+    mine = slice(first[j], first[j] + lanes[j])
+    symbols = out[:steps[j], mine].reshape(-1)
+    if word_pos[j] > word_end[j]:
+      results[order[j]] = CorruptError("the rANS stream runs out of words")
+    elif word_pos[j] < word_end[j] or (x[mine] != LOW).any():
+      results[order[j]] = CorruptError("the rANS stream does not end in its initial state")
+    elif (symbols[s.count:] != np.argmax(s.freqs)).any():
+      results[order[j]] = CorruptError("the rANS stream's padding is not its most frequent "
+                                       "symbol")
+    else:
+      results[order[j]] = symbols[:s.count]
+  return results
+
+
+def _steps(stream: _Stream) -> int:
+  return -(-stream.count // stream.states.size)
+
+
+def _slot_tables(stream: _Stream):
+  """Per slot of ``[0, M)``: its symbol, the symbol's frequency and ``slot - start``."""
+  freqs = stream.freqs
+  symbol = np.repeat(np.arange(256, dtype=np.uint8), freqs)
+  starts = np.concatenate([[0], np.cumsum(freqs)[:-1]])
+  bias = (np.arange(1 << stream.prob_bits) - starts[symbol]).astype(_U64)
+  return symbol, freqs.astype(_U64)[symbol], bias

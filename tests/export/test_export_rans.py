@@ -242,3 +242,23 @@ def test_flipped_bytes_in_rans_codings_never_crash():
       if out is not None:
         assert out.shape == expected.shape and out.dtype == expected.dtype
     assert caught > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 9000), st.integers(0, 2**32 - 1)),
+                min_size=1, max_size=6),
+       st.integers(-1, 5))
+def test_decoding_many_streams_at_once_matches_one_by_one(specs, damaged):
+  """Streams of any lengths, lane counts and tables decode together; a damaged stream gives
+  its CorruptError without disturbing the others."""
+  symbols = [draw_symbols(kind, n, seed) for kind, n, seed in specs]
+  data = [b"pre" + _rans.encode(s) for s in symbols]
+  if 0 <= damaged < len(data) and symbols[damaged].size:
+    data[damaged] = data[damaged][:-1]  # truncated: runs out of words or states
+  results = _rans.decode_many([(d, s.size, 3) for d, s in zip(data, symbols)])
+  for i, (d, s, out) in enumerate(zip(data, symbols, results)):
+    if i == damaged and s.size:
+      assert isinstance(out, CorruptError)
+    else:
+      assert out[1] == len(d)
+      np.testing.assert_array_equal(out[0], s)
