@@ -72,25 +72,38 @@ def _smallest(data: bytes, compression: str) -> tuple[str, bytes]:
   return best_codec, best
 
 
-def _worth_trying(estimate: float, best: int) -> bool:
-  """Whether a rANS coding estimated at ``estimate`` bytes may beat ``best`` (the estimate
-  is within about 1% of the coded size): encoding only then saves time, not bytes."""
-  return estimate < 1.02 * best + 16
+def size(data) -> float:
+  """Bytes of ``data``: bytes, or a list of bytes and ``_rans.Pending`` streams (estimated;
+  a rANS estimate is within about 1% of the coded size)."""
+  if isinstance(data, bytes):
+    return len(data)
+  return sum(part.estimate if isinstance(part, _rans.Pending) else len(part) for part in data)
 
 
-def _rans_planes(planes: np.ndarray, best: int):
-  """Each byte plane (row) as an order-0 rANS stream, or raw where that is not smaller;
-  ``None`` when the estimate says this cannot beat ``best`` bytes."""
-  plans = [_rans.plan(plane) for plane in planes]
-  if not _worth_trying(sum(min(p[2], plane.size) for p, plane in zip(plans, planes)), best):
-    return None
+def join_all(datas: list) -> list[bytes]:
+  """Each ``data`` as bytes, every pending rANS stream of all of them encoded in one batch."""
+  pending = [part for data in datas if isinstance(data, list) for part in data
+             if isinstance(part, _rans.Pending)]
+  coded = iter(_rans.encode_many(pending))
+  return [data if isinstance(data, bytes) else b"".join(
+      next(coded) if isinstance(part, _rans.Pending) else part for part in data)
+      for data in datas]
+
+
+def join(data) -> bytes:
+  return join_all([data])[0]
+
+
+def _rans_planes(planes: np.ndarray):
+  """Each byte plane (row) as a pending order-0 rANS stream, or raw where that would not be
+  smaller: ``(kinds, parts)``."""
   kinds, parts = [], []
-  for plane, planned in zip(planes, plans):
-    coded = _rans.encode(plane, planned) if planned[2] < plane.size else b""
-    use = bool(coded) and len(coded) < plane.size
+  for plane in planes:
+    stream = _rans.pending(plane)
+    use = stream.estimate < plane.size
     kinds.append("rans" if use else "raw")
-    parts.append(coded if use else plane.tobytes())
-  return kinds, b"".join(parts)
+    parts.append(stream if use else plane.tobytes())
+  return kinds, parts
 
 
 def _rans_unplane(kinds, data: bytes, planes: int, count: int, rans) -> np.ndarray:
@@ -116,7 +129,9 @@ def encode_values(array: np.ndarray, compression: str = "best"):
   Byte shuffling (byte 0 of every value, then byte 1, ...) groups the sign/exponent bytes of
   floats, which then compress (typically to 0.75-0.8 of float32 kept weights). Candidates:
   raw, zlib/lzma of the shuffled bytes, and an order-0 rANS code of each byte plane
-  (``_rans``; planes it cannot shrink stay raw); the smallest is kept.
+  (``_rans``; planes it cannot shrink stay raw); the smallest is kept. A rANS coding is
+  returned as a list of parts with pending streams (see :func:`join_all`), chosen on its
+  estimated size.
   """
   a = np.ascontiguousarray(array).reshape(-1)
   itemsize = a.dtype.itemsize
@@ -125,11 +140,10 @@ def encode_values(array: np.ndarray, compression: str = "best"):
   planes = raw.reshape(-1, itemsize).T if shuffle else raw.reshape(1, -1)
   codec, data = _smallest(np.ascontiguousarray(planes).tobytes(), compression)
   meta = {"codec": codec, "shuffle": bool(shuffle), "raw_length": int(a.nbytes)}
-  coded = None
   if "rans" in _candidates(compression) and a.size:
-    coded = _rans_planes(np.ascontiguousarray(planes), len(data))
-  if coded is not None and len(coded[1]) < len(data):
-    meta, data = dict(meta, codec="rans", planes=coded[0]), coded[1]
+    kinds, parts = _rans_planes(np.ascontiguousarray(planes))
+    if size(parts) < len(data):
+      return dict(meta, codec="rans", planes=kinds), parts
   return meta, data
 
 
@@ -177,14 +191,12 @@ def encode_ints(values: np.ndarray, bits: int, compression: str = "best"):
     return encode_values(values, compression)
   meta, data = encode_values(np.asarray(pack_int4(values)), compression)
   meta = dict(meta, packed=True)
-  symbols = values.view(np.uint8)
-  planned = _rans.plan(symbols) if values.size else None
-  if "rans" in _candidates(compression) and planned and _worth_trying(planned[2], len(data)):
-    coded = _rans.encode(symbols, planned)
-    if len(coded) < len(data):
+  if "rans" in _candidates(compression) and values.size:
+    stream = _rans.pending(values.view(np.uint8))
+    if stream.estimate < size(data):
       meta = {"codec": "rans", "shuffle": False, "raw_length": int(values.size),
               "planes": ["rans"], "packed": False}
-      data = coded
+      data = [stream]
   return meta, data
 
 
@@ -237,10 +249,9 @@ def encode_mask(mask: np.ndarray, compression: str = "best"):
               "unary_bits": int(unary_bits)}
       best = rice
     if "rans" in _candidates(compression):
-      k, coded = _gaps.rans_encode(gaps, lambda estimate: _worth_trying(estimate, len(best)))
-      if coded is not None and len(coded) < len(best):
-        meta = {"coding": "rans", "kept": kept, "invert": bool(invert), "k": int(k)}
-        best = coded
+      k, parts = _gaps.rans_encode(gaps)
+      if size(parts) < len(best):
+        return {"coding": "rans", "kept": kept, "invert": bool(invert), "k": int(k)}, parts
   return meta, best
 
 

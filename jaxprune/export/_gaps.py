@@ -121,18 +121,15 @@ def _rans_cost(gaps: np.ndarray, k: int) -> float:
   return _rans.estimate(symbols) + gaps.size * k / 8 + len(varints(escapes))
 
 
-def rans_encode(gaps: np.ndarray, worth=lambda estimate: True):
-  """``(k, data)``: rANS stream of the quotients, low bits, escaped quotients; ``data`` is
-  ``None`` when ``worth(estimated bytes)`` says not to encode."""
+def rans_encode(gaps: np.ndarray):
+  """``(k, parts)``: the pending rANS stream of the quotients (``_rans.Pending``), the low
+  bits and the escaped quotients."""
   if gaps.size == 0:
-    return 0, b""
+    return 0, []
   guess = _guess_k(gaps)
-  costs = {j: _rans_cost(gaps, j) for j in range(max(0, guess - 6), guess + 1)}
-  k = min(costs, key=lambda j: costs[j])
-  if not worth(costs[k]):
-    return k, None
+  k = min(range(max(0, guess - 6), guess + 1), key=lambda j: _rans_cost(gaps, j))
   symbols, escapes = _rans_parts(gaps, k)
-  return k, _rans.encode(symbols) + _low_bits(gaps, k) + varints(escapes)
+  return k, [_rans.pending(symbols), _low_bits(gaps, k), varints(escapes)]
 
 
 def rans_decode(data: bytes, count: int, k: int, n: int, rans=_rans.decode) -> np.ndarray:

@@ -65,14 +65,23 @@ def _encode_tree(node, keys, out: list):
 
 
 class _Blobs:
-  def __init__(self):
-    self.parts, self.size = [], 0
+  """The blobs of a file; their rANS streams are encoded together by :meth:`finish`, which
+  then completes each blob's manifest entry (offset, length, checksum)."""
 
-  def add(self, meta: dict, data: bytes) -> dict:
-    meta = dict(meta, offset=self.size, length=len(data), sha256=_format.sha256(data))
-    self.parts.append(data)
-    self.size += len(data)
+  def __init__(self):
+    self.items, self.size = [], 0
+
+  def add(self, meta: dict, data) -> dict:
+    meta = dict(meta)
+    self.items.append((meta, data))
     return meta
+
+  def finish(self) -> list[bytes]:
+    parts = _codecs.join_all([data for _, data in self.items])
+    for (meta, _), data in zip(self.items, parts):
+      meta.update(offset=self.size, length=len(data), sha256=_format.sha256(data))
+      self.size += len(data)
+    return parts
 
 
 def _array(path: str, x) -> np.ndarray:
@@ -269,7 +278,8 @@ def _write(path, params, masks, *, bits, axis, group_size, group_axis, symmetric
                          f"there is {describe(like)}; a mask must be a bool array of the "
                          "leaf's shape (or None).")
     entries.append(_entry(p, x, m, blobs, compression))
+  parts = blobs.finish()
   manifest = {"format": _format.FORMAT, "version": _format.VERSION, "blobs_size": blobs.size,
               "tree": tree, "leaves": entries}
-  return _format.write(path, manifest, blobs.parts, force=force)
+  return _format.write(path, manifest, parts, force=force)
 

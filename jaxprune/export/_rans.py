@@ -161,40 +161,85 @@ def estimate(symbols: np.ndarray) -> float:
   return plan(symbols)[2] if symbols.size else 0.0
 
 
+class Pending(NamedTuple):
+  """A stream to encode later (with others, by :func:`encode_many`): its symbols and plan."""
+  symbols: np.ndarray
+  planned: tuple
+
+  @property
+  def estimate(self) -> float:
+    return self.planned[2]
+
+
+def pending(symbols: np.ndarray) -> Pending:
+  symbols = np.ascontiguousarray(symbols, np.uint8).reshape(-1)
+  return Pending(symbols, plan(symbols) if symbols.size else (1, None, 0.0))
+
+
 def encode(symbols: np.ndarray, planned: tuple | None = None) -> bytes:
   """The rANS stream of ``symbols`` (``uint8``); see the module docstring for the layout.
 
   ``planned`` is :func:`plan` of the same symbols, when it was already computed.
   """
-  symbols = np.asarray(symbols, np.uint8).reshape(-1)
-  n = symbols.size
-  if n == 0:
-    return b""
-  prob_bits, freqs, _ = planned or plan(symbols)
-  table = _table_bytes(freqs, prob_bits)
+  symbols = np.ascontiguousarray(symbols, np.uint8).reshape(-1)
+  if planned is None and symbols.size:
+    planned = plan(symbols)
+  return encode_many([Pending(symbols, planned or (1, None, 0.0))])[0]
+
+
+def encode_many(streams: list[Pending]) -> list[bytes]:
+  """The rANS stream of each :class:`Pending`, all lanes of all streams in one loop (as many
+  steps as the longest stream); each stream is byte for byte what :func:`encode` gives."""
+  out: list = [b""] * len(streams)
+  runs = []  # (index, symbols padded to (steps, lanes), prob_bits, freqs)
+  for i, (symbols, (prob_bits, freqs, _)) in enumerate(streams):
+    if symbols.size == 0:
+      continue
+    if (freqs > 0).sum() == 1:  # one symbol: the state never moves, no words
+      out[i] = _header(symbols, prob_bits, freqs, 1, 0) + np.full(1, LOW, "<u4").tobytes()
+      continue
+    lanes = lanes_for(symbols.size)
+    steps = -(-symbols.size // lanes)
+    pad = np.full(steps * lanes - symbols.size, np.argmax(freqs), np.uint8)
+    runs.append((i, np.concatenate([symbols, pad]).reshape(steps, lanes), prob_bits, freqs))
+  if not runs:
+    return out
+  runs.sort(key=lambda run: -run[1].shape[0])  # longest first: running lanes are a prefix
+  steps = np.array([run[1].shape[0] for run in runs])
+  lanes = np.array([run[1].shape[1] for run in runs])
+  first = np.cumsum(lanes) - lanes
+  f = np.ones((int(steps[0]), int(lanes.sum())), np.uint32)
+  c = np.zeros(f.shape, np.uint32)
+  for (_, padded, _, freqs), start in zip(runs, first):
+    starts = np.concatenate([[0], np.cumsum(freqs)[:-1]])
+    f[:padded.shape[0], start:start + padded.shape[1]] = freqs[padded]
+    c[:padded.shape[0], start:start + padded.shape[1]] = starts[padded]
+  bits = np.repeat([run[2] for run in runs], lanes).astype(_U64)
+  shift = _U64(32) - bits  # a state takes frequency f while it is below f << (32 - bits)
+  running = np.cumsum(np.concatenate([[0], lanes]))[
+      np.searchsorted(-steps, -np.arange(int(steps[0])), side="left")]
+  x = np.full(f.shape[1], LOW, _U64)
+  renorm = np.zeros(f.shape, bool)
+  low = np.empty(f.shape, np.uint16)
+  for t in range(int(steps[0]) - 1, -1, -1):
+    active = int(running[t])
+    xt = x[:active]
+    need = np.greater_equal(xt >> shift[:active], f[t, :active], out=renorm[t, :active])
+    low[t, :active] = xt  # (an unsafe cast: keeps the low 16 bits)
+    xt = np.where(need, xt >> _U64(16), xt)
+    q, r = np.divmod(xt, f[t, :active])
+    x[:active] = (q << bits[:active]) + r + c[t, :active]
+  for (i, padded, prob_bits, freqs), start in zip(runs, first):
+    mine = (slice(0, padded.shape[0]), slice(start, start + padded.shape[1]))
+    words = low[mine][renorm[mine]]  # step by step, lanes in order: as decoding reads them
+    out[i] = (_header(streams[i].symbols, prob_bits, freqs, padded.shape[1], words.size)
+              + x[mine[1]].astype("<u4").tobytes() + words.astype("<u2").tobytes())
+  return out
+
+
+def _header(symbols, prob_bits, freqs, lanes: int, words: int) -> bytes:
   crc = np.array([zlib.crc32(symbols.tobytes())], "<u4").tobytes()
-  if (freqs > 0).sum() == 1:  # one symbol: the state never moves, no words
-    return table + _varint([1, 0]) + crc + np.full(1, LOW, "<u4").tobytes()
-  starts = np.concatenate([[0], np.cumsum(freqs)[:-1]]).astype(_U64)
-  lanes = lanes_for(n)
-  steps = -(-n // lanes)
-  padded = np.concatenate([symbols, np.full(steps * lanes - n, np.argmax(freqs), np.uint8)])
-  f = freqs.astype(_U64)[padded].reshape(steps, lanes)
-  c = starts[padded].reshape(steps, lanes)
-  limit = f << _U64(32 - prob_bits)  # a state must be below f << (32 - prob_bits) to take f
-  x = np.full(lanes, LOW, _U64)
-  renorm = np.zeros((steps, lanes), bool)
-  low = np.empty((steps, lanes), np.uint16)
-  bits, sixteen = _U64(prob_bits), _U64(16)
-  for t in range(steps - 1, -1, -1):
-    need = np.greater_equal(x, limit[t], out=renorm[t])
-    low[t] = x  # (an unsafe cast: keeps the low 16 bits)
-    x = np.where(need, x >> sixteen, x)
-    q, r = np.divmod(x, f[t])
-    x = (q << bits) + r + c[t]
-  words = low[renorm]
-  return (table + _varint([lanes, words.size]) + crc + x.astype("<u4").tobytes()
-          + words.astype("<u2").tobytes())
+  return _table_bytes(freqs, prob_bits) + _varint([lanes, words]) + crc
 
 
 def _read_table(reader: _Reader):

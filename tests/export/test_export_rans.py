@@ -9,6 +9,12 @@ from jaxprune.export import _codecs, _gaps, _rans
 from jaxprune.export._rans import CorruptError
 
 
+def coded(meta_and_data):
+  """A codec's ``(meta, data)`` with its pending rANS streams encoded."""
+  meta, data = meta_and_data
+  return meta, _codecs.join(data)
+
+
 def entropy_bytes(symbols) -> float:
   """Order-0 entropy of a symbol array in bytes (independent reference)."""
   _, counts = np.unique(np.asarray(symbols), return_counts=True)
@@ -160,28 +166,28 @@ def test_gap_codings_round_trip(n, density, seed):
   mask = rng.random(n) < density
   positions = np.flatnonzero(mask)
   gaps = np.diff(positions, prepend=-1) - 1
-  k, data = _gaps.rans_encode(gaps)
+  k, data = coded(_gaps.rans_encode(gaps))
   np.testing.assert_array_equal(_gaps.positions(_gaps.rans_decode(data, gaps.size, k, n), n),
                                 positions)
-  meta, blob = _codecs.encode_mask(mask)
+  meta, blob = coded(_codecs.encode_mask(mask))
   np.testing.assert_array_equal(_codecs.decode_mask(meta, blob, n), mask)
 
 
 def test_escaped_gaps_and_varints():
   gaps = np.array([0, 254, 255, 256, 10**6, 3, 2**40], np.int64)
   n = int(gaps.sum() + gaps.size)
-  for k in (0, 3):
-    data = _gaps.rans_encode(gaps)[1] if k == 0 else None
-    if data is None:  # a fixed k: the escapes need varints
-      symbols, escapes = _gaps._rans_parts(gaps, k)
-      data = _rans.encode(symbols) + _gaps._low_bits(gaps, k) + _gaps.varints(escapes)
-    kk = _gaps.rans_encode(gaps)[0] if k == 0 else k
-    np.testing.assert_array_equal(_gaps.rans_decode(data, gaps.size, kk, n), gaps)
+  k, data = coded(_gaps.rans_encode(gaps))  # the k it picks
+  np.testing.assert_array_equal(_gaps.rans_decode(data, gaps.size, k, n), gaps)
+  for k in (0, 3):  # small k: quotients from 255 up are escaped, their rest in varints
+    symbols, escapes = _gaps._rans_parts(gaps, k)
+    assert escapes.size >= 2
+    data = _rans.encode(symbols) + _gaps._low_bits(gaps, k) + _gaps.varints(escapes)
+    np.testing.assert_array_equal(_gaps.rans_decode(data, gaps.size, k, n), gaps)
   values = np.array([0, 1, 127, 128, 300, 2**40, 2**63 - 1], np.uint64)
-  coded = np.frombuffer(_gaps.varints(values), np.uint8)
-  assert coded.size == 1 + 1 + 1 + 2 + 2 + 6 + 9
-  np.testing.assert_array_equal(_gaps.read_varints(coded, values.size), values.astype(np.int64))
-  for bad, count in ((coded[:-1], values.size), (coded, values.size - 1),
+  leb = np.frombuffer(_gaps.varints(values), np.uint8)
+  assert leb.size == 1 + 1 + 1 + 2 + 2 + 6 + 9
+  np.testing.assert_array_equal(_gaps.read_varints(leb, values.size), values.astype(np.int64))
+  for bad, count in ((leb[:-1], values.size), (leb, values.size - 1),
                      (np.full(10, 0x80, np.uint8), 1), (np.array([0xFF] * 9 + [1], np.uint8), 1)):
     with pytest.raises(CorruptError):
       _gaps.read_varints(bad, count)
@@ -191,7 +197,7 @@ def test_random_90_percent_masks_cost_near_their_entropy():
   rng = np.random.default_rng(0)
   n = 1 << 18
   mask = rng.random(n) < 0.1
-  meta, data = _codecs.encode_mask(mask)
+  meta, data = coded(_codecs.encode_mask(mask))
   p = mask.mean()
   entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
   assert meta["coding"] == "rans" and 8 * len(data) / n < 1.01 * entropy
@@ -205,9 +211,9 @@ def _coded_samples():
   ints4 = (rng.geometric(0.6, 300) * rng.choice([-1, 1], 300)).clip(-8, 7).astype(np.int8)
   mask = np.zeros(2000, bool)
   mask[np.cumsum(rng.integers(4, 7, 400)) % 2000] = True
-  out = [("values", _codecs.encode_values(floats), (np.float32, floats.size), floats),
-         ("ints", _codecs.encode_ints(ints4, 4), (4, ints4.size), ints4),
-         ("mask", _codecs.encode_mask(mask), (mask.size,), mask)]
+  out = [("values", coded(_codecs.encode_values(floats)), (np.float32, floats.size), floats),
+         ("ints", coded(_codecs.encode_ints(ints4, 4)), (4, ints4.size), ints4),
+         ("mask", coded(_codecs.encode_mask(mask)), (mask.size,), mask)]
   for name, (meta, _), _, _ in out:
     assert meta.get("codec") == "rans" or meta.get("coding") == "rans", (name, meta)
   return out
@@ -262,3 +268,14 @@ def test_decoding_many_streams_at_once_matches_one_by_one(specs, damaged):
     else:
       assert out[1] == len(d)
       np.testing.assert_array_equal(out[0], s)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 9000), st.integers(0, 2**32 - 1)),
+                min_size=1, max_size=6))
+def test_encoding_many_streams_at_once_gives_the_same_bytes(specs):
+  symbols = [draw_symbols(kind, n, seed) for kind, n, seed in specs]
+  together = _rans.encode_many([_rans.pending(s) for s in symbols])
+  for s, data in zip(symbols, together):
+    assert data == _rans.encode(s)
+    np.testing.assert_array_equal(_rans.decode(data, s.size)[0], s)
