@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxprune.export import _codecs, _gaps, _rans
+from jaxprune.export import _codecs, _gaps, _rans, _rans_tables
 from jaxprune.export._rans import CorruptError
 
 
@@ -81,7 +81,7 @@ def test_quantized_freqs_sum_and_keep_every_symbol():
   counts[:200] = 1
   counts[200] = 10**9  # rounding makes most of them 0 before the fix-up
   for bits in (8, 12, 16):
-    f = _rans.quantized_freqs(counts, bits)
+    f = _rans_tables.quantized_freqs(counts, bits)
     assert f.sum() == 1 << bits and ((f > 0) == (counts > 0)).all()
 
 
@@ -113,7 +113,7 @@ def test_every_flipped_byte_and_every_truncation_is_detected():
 
 def _stream(prob_bits, runs, freqs, lanes, words, states):
   """A stream built by hand: runs are (skip, length - 1) pairs (see the _rans docstring)."""
-  varints = lambda values: bytes(_rans._varint(values))
+  varints = lambda values: bytes(_rans_tables.varint_bytes(values))
   return (bytes([prob_bits]) + varints([len(runs), *np.ravel(runs).tolist()])
           + varints([f - 1 for f in freqs]) + varints([lanes, words]) + bytes(4)
           + np.asarray(states, "<u4").tobytes())
