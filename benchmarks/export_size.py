@@ -92,10 +92,10 @@ def timed(fn):
 
 
 class CoderClock:
-  """Seconds spent inside the entropy coder (``_rans.encode``, ``_rans.decode_many``)."""
+  """Seconds spent inside the entropy coder (``_rans.encode_many``, ``_rans.decode_many``)."""
 
   def __init__(self):
-    self.seconds = {"encode": 0.0, "decode_many": 0.0}
+    self.seconds = {"encode_many": 0.0, "decode_many": 0.0}
 
   def __enter__(self):
     self.saved = {name: getattr(_rans, name) for name in self.seconds}
@@ -152,7 +152,7 @@ def run(args, root: Path):
                                               compression=args.compression, **opts))
         loaded, load_s = timed(lambda: jax.block_until_ready(export.load(f)[0]))
       out[name] = (size(f), save_s, load_s)
-      coder[name] = (clock.seconds["encode"], clock.seconds["decode_many"])
+      coder[name] = (clock.seconds["encode_many"], clock.seconds["decode_many"])
       if name == "float":
         exact = all(np.asarray(a).tobytes() == np.asarray(b).tobytes()
                     for a, b in zip(jax.tree.leaves(pruned), jax.tree.leaves(loaded)))
