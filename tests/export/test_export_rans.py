@@ -42,8 +42,8 @@ def draw_symbols(kind: str, n: int, seed: int) -> np.ndarray:
 KINDS = ["one", "all256", "skewed", "geometric", "random"]
 
 
-@settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from(KINDS), n=st.integers(0, 6000), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(KINDS), n=st.integers(0, 5000), seed=st.integers(0, 2**32 - 1))
 def test_round_trip_any_distribution(kind, n, seed):
   symbols = draw_symbols(kind, n, seed)
   data = _rans.encode(symbols)
@@ -158,8 +158,8 @@ def test_random_bytes_raise_corrupt_error_or_decode_to_the_right_size(data, coun
 # --------------------------------------------------------------------- codings built on rANS
 
 
-@settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 20000), density=st.sampled_from([0.0005, 0.01, 0.1, 0.3, 0.7, 0.95]),
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 8000), density=st.sampled_from([0.0005, 0.01, 0.1, 0.3, 0.7, 0.95]),
        seed=st.integers(0, 2**32 - 1))
 def test_gap_codings_round_trip(n, density, seed):
   rng = np.random.default_rng(seed)
@@ -240,7 +240,7 @@ def test_flipped_bytes_in_rans_codings_never_crash():
   CorruptError or returns an array of the right shape: never an IndexError or a hang."""
   for name, (meta, data), args, expected in _coded_samples():
     caught = 0
-    for i in range(0, len(data), 3):
+    for i in range(0, len(data), 4):
       damaged = bytearray(data)
       damaged[i] ^= 0x41
       out = _one_of(lambda: _decode(name, meta, bytes(damaged), args))
@@ -250,10 +250,10 @@ def test_flipped_bytes_in_rans_codings_never_crash():
     assert caught > 0
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 9000), st.integers(0, 2**32 - 1)),
-                min_size=1, max_size=6),
-       st.integers(-1, 5))
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 5000), st.integers(0, 2**32 - 1)),
+                min_size=1, max_size=5),
+       st.integers(-1, 4))
 def test_decoding_many_streams_at_once_matches_one_by_one(specs, damaged):
   """Streams of any lengths, lane counts and tables decode together; a damaged stream gives
   its CorruptError without disturbing the others."""
@@ -270,9 +270,9 @@ def test_decoding_many_streams_at_once_matches_one_by_one(specs, damaged):
       np.testing.assert_array_equal(out[0], s)
 
 
-@settings(max_examples=20, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 9000), st.integers(0, 2**32 - 1)),
-                min_size=1, max_size=6))
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 5000), st.integers(0, 2**32 - 1)),
+                min_size=1, max_size=5))
 def test_encoding_many_streams_at_once_gives_the_same_bytes(specs):
   symbols = [draw_symbols(kind, n, seed) for kind, n, seed in specs]
   together = _rans.encode_many([_rans.pending(s) for s in symbols])
