@@ -72,7 +72,7 @@ def _smallest(data: bytes, compression: str) -> tuple[str, bytes]:
   return best_codec, best
 
 
-def size(data) -> float:
+def coded_size(data) -> float:
   """Bytes of ``data``: bytes, or a list of bytes and ``_rans.Pending`` streams (estimated;
   a rANS estimate is within about 1% of the coded size)."""
   if isinstance(data, bytes):
@@ -142,7 +142,7 @@ def encode_values(array: np.ndarray, compression: str = "best"):
   meta = {"codec": codec, "shuffle": bool(shuffle), "raw_length": int(a.nbytes)}
   if "rans" in _candidates(compression) and a.size:
     kinds, parts = _rans_planes(np.ascontiguousarray(planes))
-    if size(parts) < len(data):
+    if coded_size(parts) < len(data):
       return dict(meta, codec="rans", planes=kinds), parts
   return meta, data
 
@@ -193,7 +193,7 @@ def encode_ints(values: np.ndarray, bits: int, compression: str = "best"):
   meta = dict(meta, packed=True)
   if "rans" in _candidates(compression) and values.size:
     stream = _rans.pending(values.view(np.uint8))
-    if stream.estimate < size(data):
+    if stream.estimate < coded_size(data):
       meta = {"codec": "rans", "shuffle": False, "raw_length": int(values.size),
               "planes": ["rans"], "packed": False}
       data = [stream]
@@ -250,7 +250,7 @@ def encode_mask(mask: np.ndarray, compression: str = "best"):
       best = rice
     if "rans" in _candidates(compression):
       k, parts = _gaps.rans_encode(gaps)
-      if size(parts) < len(best):
+      if coded_size(parts) < len(best):
         return {"coding": "rans", "kept": kept, "invert": bool(invert), "k": int(k)}, parts
   return meta, best
 
