@@ -8,15 +8,17 @@ takes ``n / 8 + k * itemsize`` bytes, e.g. 13.1% of the dense f32 bytes at 90% s
 :func:`decompress` is its exact inverse (bit-identical kept values, pruned entries 0) and is
 jit-able; :func:`compress` is host-side because its output size depends on the masks.
 
-:func:`save`/:func:`load` write and read one self-checking file (format version 2, layout in
-``jaxprune/export/_format.py``; no orbax involved): per masked leaf its kept values, exact or
-quantised to int8/int4 with :mod:`jaxprune.quantize` (``bits=8``/``4``; 4-bit values two per
-byte), and its mask in the smallest of a bitmap (raw/zlib/lzma) and a Golomb-Rice code of the
-gaps between kept positions, chosen per leaf. Writes are atomic (temporary file, fsync,
-rename); loads check the header, the manifest's and every blob's SHA-256, and every decoded
-size against the manifest, so truncated, corrupted or edited files raise a ``ValueError``.
-Container structure is stored as a tree (never joined names): no two keys can collide.
-:func:`inspect` lists what each leaf costs on disk.
+:func:`save`/:func:`load` write and read one self-checking file (format version 3, layout in
+``jaxprune/export/_format.py``; version-2 files still load; no orbax involved): per masked
+leaf its kept values, exact or quantised to int8/int4 with :mod:`jaxprune.quantize`
+(``bits=8``/``4``, scales rounded up to bfloat16), and its mask, each in the smallest of
+several codings chosen per leaf: a bitmap (raw/zlib/lzma) or the gaps between kept positions
+coded with Golomb-Rice or an order-0 rANS entropy coder (pure numpy) for masks; shuffled
+bytes, raw, zlib/lzma or rANS per byte plane for values. Writes are atomic (temporary file,
+fsync, rename); loads check the header, the manifest's and every blob's SHA-256, and every
+decoded size against the manifest, so truncated, corrupted or edited files raise a
+``ValueError``. Container structure is stored as a tree (never joined names): no two keys can
+collide. :func:`inspect` lists what each leaf costs on disk.
 
 N:M structured layout (2:4 on sparse tensor cores): :func:`compress_n_of_m` stores, for every
 group of ``m`` consecutive entries along the reduction axis, its ``n`` kept values

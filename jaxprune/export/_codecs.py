@@ -1,8 +1,9 @@
-"""Byte codings of the export format: masks (bitmap or Rice-coded gaps) and value streams.
+"""Byte codings of the export format: masks (bitmap, Rice or rANS-coded gaps), value streams.
 
 Every ``encode_*`` returns ``(meta, data)`` where ``meta`` is a small JSON-able dict recorded
 in the manifest; every ``decode_*`` checks what it reads against ``meta`` and raises
 ``CorruptError`` (a ``ValueError``) on any inconsistency, never returning a wrong array.
+Each encoder tries its candidate codings and keeps the smallest.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import zlib
 import numpy as np
 from numpy.typing import DTypeLike
 
-
-class CorruptError(ValueError):
-  """A stream does not decode to what the manifest describes."""
+from jaxprune.export import _gaps, _rans
+from jaxprune.export._rans import CorruptError
+from jaxprune.quantize import pack_int4, unpack_int4
 
 
 # LZMA2 with no literal context (lc=lp=pb=0): the byte streams here are i.i.d.-like symbols.
@@ -58,94 +59,180 @@ def _decompress(data: bytes, codec: str | None, size: int) -> bytes:
 
 
 def _candidates(compression: str) -> tuple[str, ...]:
-  return {"best": ("zlib", "lzma"), "fast": ("zlib1",), "none": ()}[compression]
+  return {"best": ("zlib", "lzma", "rans"), "fast": ("zlib1", "rans"), "none": ()}[compression]
 
 
 def _smallest(data: bytes, compression: str) -> tuple[str, bytes]:
   best_codec, best = "raw", data
   for codec in _candidates(compression):
-    out = _compress(data, codec)
-    if len(out) < len(best):
-      best_codec, best = codec, out
+    if codec != "rans":
+      out = _compress(data, codec)
+      if len(out) < len(best):
+        best_codec, best = codec, out
   return best_codec, best
+
+
+def coded_size(data) -> float:
+  """Bytes of ``data``: bytes, or a list of bytes and ``_rans.Pending`` streams (estimated;
+  a rANS estimate is within about 1% of the coded size)."""
+  if isinstance(data, bytes):
+    return len(data)
+  return sum(part.estimate if isinstance(part, _rans.Pending) else len(part) for part in data)
+
+
+def join_all(datas: list) -> list[bytes]:
+  """Each ``data`` as bytes, every pending rANS stream of all of them encoded in one batch."""
+  pending = [part for data in datas if isinstance(data, list) for part in data
+             if isinstance(part, _rans.Pending)]
+  coded = iter(_rans.encode_many(pending))
+  return [data if isinstance(data, bytes) else b"".join(
+      next(coded) if isinstance(part, _rans.Pending) else part for part in data)
+      for data in datas]
+
+
+def join(data) -> bytes:
+  return join_all([data])[0]
+
+
+def _rans_planes(planes: np.ndarray):
+  """Each byte plane (row) as a pending order-0 rANS stream, or raw where that would not be
+  smaller: ``(kinds, parts)``."""
+  kinds, parts = [], []
+  for plane in planes:
+    stream = _rans.pending(plane)
+    use = stream.estimate < plane.size
+    kinds.append("rans" if use else "raw")
+    parts.append(stream if use else plane.tobytes())
+  return kinds, parts
+
+
+def _rans_unplane(kinds, data: bytes, planes: int, count: int, rans) -> np.ndarray:
+  if not isinstance(kinds, list) or len(kinds) != planes:
+    raise CorruptError(f"the manifest lists byte planes {kinds!r}, expected {planes}")
+  out, offset = np.empty((planes, count), np.uint8), 0
+  for i, kind in enumerate(kinds):
+    if kind == "rans":
+      out[i], offset = rans(data, count, offset)
+    elif kind == "raw" and offset + count <= len(data):
+      out[i] = np.frombuffer(data, np.uint8, count, offset)
+      offset += count
+    else:
+      raise CorruptError(f"byte plane {i} ({kind!r}) does not fit the {len(data)}-byte stream")
+  if offset != len(data):
+    raise CorruptError(f"the rANS planes end at byte {offset} of {len(data)}")
+  return out
 
 
 def encode_values(array: np.ndarray, compression: str = "best"):
   """The bytes of ``array`` (row-major), byte-shuffled when wider than 1 byte, compressed.
 
   Byte shuffling (byte 0 of every value, then byte 1, ...) groups the sign/exponent bytes of
-  floats, which then compress (typically to 0.75-0.8 of float32 kept weights).
+  floats, which then compress (typically to 0.75-0.8 of float32 kept weights). Candidates:
+  raw, zlib/lzma of the shuffled bytes, and an order-0 rANS code of each byte plane
+  (``_rans``; planes it cannot shrink stay raw); the smallest is kept. A rANS coding is
+  returned as a list of parts with pending streams (see :func:`join_all`), chosen on its
+  estimated size.
   """
   a = np.ascontiguousarray(array).reshape(-1)
   itemsize = a.dtype.itemsize
   raw = a.view(np.uint8)
   shuffle = itemsize > 1 and a.size > 1
-  if shuffle:
-    raw = raw.reshape(-1, itemsize).T
-  codec, data = _smallest(np.ascontiguousarray(raw).tobytes(), compression)
-  return {"codec": codec, "shuffle": bool(shuffle), "raw_length": int(a.nbytes)}, data
+  planes = raw.reshape(-1, itemsize).T if shuffle else raw.reshape(1, -1)
+  codec, data = _smallest(np.ascontiguousarray(planes).tobytes(), compression)
+  meta = {"codec": codec, "shuffle": bool(shuffle), "raw_length": int(a.nbytes)}
+  if "rans" in _candidates(compression) and a.size:
+    kinds, parts = _rans_planes(np.ascontiguousarray(planes))
+    if coded_size(parts) < len(data):
+      return dict(meta, codec="rans", planes=kinds), parts
+  return meta, data
 
 
-def decode_values(meta: dict, data: bytes, dtype: DTypeLike, count: int) -> np.ndarray:
-  """The inverse of :func:`encode_values`: ``dtype[count]``."""
+def value_streams(meta: dict, data: bytes, itemsize: int, count: int) -> list:
+  """``(offset, count)`` of the rANS streams in a blob of :func:`encode_values` of ``count``
+  values of ``itemsize`` bytes (their headers are read, not decoded)."""
+  if meta.get("codec") != "rans" or not isinstance(meta.get("planes"), list):
+    return []
+  per = count if meta.get("shuffle") else count * itemsize
+  streams, offset = [], 0
+  for kind in meta["planes"]:
+    if kind == "rans":
+      streams.append((offset, per))
+      offset = _rans.stream_end(data, per, offset)
+    else:
+      offset += per
+  return streams
+
+
+def decode_values(meta: dict, data: bytes, dtype: DTypeLike, count: int,
+                  rans=_rans.decode) -> np.ndarray:
+  """The inverse of :func:`encode_values`: ``dtype[count]``. ``rans(data, count, offset)``
+  decodes a rANS stream (``_rans.decode``, or a look-up of streams decoded beforehand)."""
   dtype = np.dtype(dtype)
   size = count * dtype.itemsize
   if meta.get("raw_length") != size:
     raise CorruptError(f"the manifest says {meta.get('raw_length')} bytes, but {count} values "
                        f"of {dtype} take {size}")
-  raw = np.frombuffer(_decompress(data, meta.get("codec"), size), np.uint8)
-  if meta.get("shuffle"):
+  shuffle = bool(meta.get("shuffle"))
+  if meta.get("codec") == "rans":
+    planes = dtype.itemsize if shuffle else 1
+    raw = _rans_unplane(meta.get("planes"), data, planes, size // planes, rans).reshape(-1)
+  else:
+    raw = np.frombuffer(_decompress(data, meta.get("codec"), size), np.uint8)
+  if shuffle:
     raw = raw.reshape(dtype.itemsize, -1).T
   return np.ascontiguousarray(raw).reshape(-1).view(dtype).copy()
+
+
+def encode_ints(values: np.ndarray, bits: int, compression: str = "best"):
+  """Quantised ``int8`` values: as they are (8 bits), or for ``bits <= 4`` the smaller of the
+  values packed two per byte (``pack_int4``; ``"packed": True``) and one rANS symbol each."""
+  values = np.ascontiguousarray(values, np.int8).reshape(-1)
+  if bits > 4:
+    return encode_values(values, compression)
+  meta, data = encode_values(np.asarray(pack_int4(values)), compression)
+  meta = dict(meta, packed=True)
+  if "rans" in _candidates(compression) and values.size:
+    stream = _rans.pending(values.view(np.uint8))
+    if stream.estimate < coded_size(data):
+      meta = {"codec": "rans", "shuffle": False, "raw_length": int(values.size),
+              "planes": ["rans"], "packed": False}
+      data = [stream]
+  return meta, data
+
+
+def _packed(meta: dict, bits: int, packed_default) -> bool:
+  packed = meta.get("packed", packed_default) if bits <= 4 else False
+  if not isinstance(packed, bool):
+    raise CorruptError(f"bad 'packed' flag {packed!r}")
+  return packed
+
+
+def int_streams(meta: dict, data: bytes, bits: int, count: int, *, packed_default=None):
+  """:func:`value_streams` of a blob of :func:`encode_ints`."""
+  packed = _packed(meta, bits, packed_default)
+  return value_streams(meta, data, 1, -(-count // 2) if packed else count)
+
+
+def decode_ints(meta: dict, data: bytes, bits: int, count: int, *, packed_default=None,
+                rans=_rans.decode):
+  """The inverse of :func:`encode_ints`: ``int8[count]`` (range not checked here)."""
+  if _packed(meta, bits, packed_default):
+    packed = decode_values(meta, data, np.uint8, -(-count // 2), rans)
+    return np.asarray(unpack_int4(packed, count))
+  return decode_values(meta, data, np.int8, count, rans)
 
 
 # ------------------------------------------------------------------------------------ masks
 
 
-def _rice_cost(gaps: np.ndarray, k: int) -> int:
-  return int((gaps >> k).sum()) + gaps.size * (1 + k)
-
-
-def _rice_encode(positions: np.ndarray):
-  """Golomb-Rice code of the gaps between sorted positions: (k, unary bits, payload)."""
-  gaps = np.diff(positions, prepend=-1) - 1
-  mean = float(gaps.mean()) if gaps.size else 0.0
-  guess = max(0, int(np.log2(max(mean * np.log(2), 1.0))))
-  k = min(range(max(0, guess - 2), guess + 3), key=lambda j: _rice_cost(gaps, j))
-  quotients = gaps >> k
-  unary = np.ones(int(quotients.sum()) + gaps.size, bool)
-  unary[np.cumsum(quotients + 1) - 1] = False  # each quotient q: q ones, then a zero
-  shifts = np.arange(k - 1, -1, -1, dtype=np.int64)
-  remainders = ((gaps[:, None] >> shifts) & 1).astype(bool).reshape(-1)
-  return k, unary.size, np.packbits(unary).tobytes() + np.packbits(remainders).tobytes()
-
-
-def _rice_decode(data: bytes, count: int, k: int, unary_bits: int, n: int) -> np.ndarray:
-  unary_bytes = (unary_bits + 7) // 8
-  rem_bits = count * k
-  if len(data) != unary_bytes + (rem_bits + 7) // 8:
-    raise CorruptError(f"the Rice-coded mask holds {len(data)} bytes, expected "
-                       f"{unary_bytes + (rem_bits + 7) // 8}")
-  buf = np.frombuffer(data, np.uint8)
-  unary = np.unpackbits(buf[:unary_bytes], count=unary_bits)
-  ends = np.flatnonzero(unary == 0)
-  if ends.size != count or (count and ends[-1] != unary_bits - 1):
-    raise CorruptError(f"the Rice-coded mask holds {ends.size} gaps, expected {count}")
-  quotients = np.diff(ends, prepend=-1) - 1
-  bits = np.unpackbits(buf[unary_bytes:], count=rem_bits).reshape(count, k).astype(np.int64)
-  remainders = bits @ (1 << np.arange(k - 1, -1, -1, dtype=np.int64)) if k else 0
-  positions = np.cumsum((quotients.astype(np.int64) << k) + remainders + 1) - 1
-  if count and positions[-1] >= n:
-    raise CorruptError(f"the Rice-coded mask has a position {positions[-1]} >= {n} entries")
-  return positions
-
-
 def encode_mask(mask: np.ndarray, compression: str = "best"):
-  """The smallest of: bitmap (raw, zlib, lzma) and Rice-coded gaps of the minority positions.
+  """The smallest of: bitmap (raw, zlib, lzma) and the gaps of the minority positions coded
+  with Golomb-Rice or with rANS (``_gaps``).
 
-  At 90% random sparsity the mask's entropy is 0.47 bit per entry; a bitmap costs 1, its lzma
-  coding about 0.49 and the Rice code of the kept positions' gaps about 0.48. Structured masks
-  (channels, blocks, N:M) compress best as a bitmap with zlib/lzma.
+  At 90% random sparsity the mask's entropy is 0.469 bit per entry; a bitmap costs 1, its
+  lzma coding about 0.49, the Rice code of the kept positions' gaps 0.476 and their rANS code
+  about 0.47. Structured masks (channels, blocks, N:M) compress best as a bitmap with
+  zlib/lzma.
   """
   flat = np.asarray(mask, bool).reshape(-1)
   n, kept = flat.size, int(flat.sum())
@@ -155,15 +242,28 @@ def encode_mask(mask: np.ndarray, compression: str = "best"):
   if compression != "none" and n:
     invert = kept > n - kept
     positions = np.flatnonzero(~flat if invert else flat).astype(np.int64)
-    k, unary_bits, rice = _rice_encode(positions)
+    gaps = np.diff(positions, prepend=-1) - 1
+    k, unary_bits, rice = _gaps.rice_encode(gaps)
     if len(rice) < len(best):
       meta = {"coding": "rice", "kept": kept, "invert": bool(invert), "k": int(k),
               "unary_bits": int(unary_bits)}
       best = rice
+    if "rans" in _candidates(compression):
+      k, parts = _gaps.rans_encode(gaps)
+      if coded_size(parts) < len(best):
+        return {"coding": "rans", "kept": kept, "invert": bool(invert), "k": int(k)}, parts
   return meta, best
 
 
-def decode_mask(meta: dict, data: bytes, n: int) -> np.ndarray:
+def mask_streams(meta: dict, n: int) -> list:
+  """``(offset, count)`` of the rANS stream in a blob of :func:`encode_mask` (if any)."""
+  kept, invert = meta.get("kept"), meta.get("invert")
+  if meta.get("coding") != "rans" or not isinstance(kept, int) or not 0 <= kept <= n:
+    return []
+  return [(0, n - kept if invert else kept)]
+
+
+def decode_mask(meta: dict, data: bytes, n: int, rans=_rans.decode) -> np.ndarray:
   """The inverse of :func:`encode_mask`: ``bool[n]``; checks the kept count."""
   kept = meta.get("kept")
   if not isinstance(kept, int) or not 0 <= kept <= n:
@@ -172,14 +272,19 @@ def decode_mask(meta: dict, data: bytes, n: int) -> np.ndarray:
   if coding == "bitmap":
     bitmap = np.frombuffer(_decompress(data, meta.get("codec"), (n + 7) // 8), np.uint8)
     flat = np.unpackbits(bitmap, count=n).astype(bool)
-  elif coding == "rice":
-    invert, k, unary_bits = meta.get("invert"), meta.get("k"), meta.get("unary_bits")
+  elif coding in ("rice", "rans"):
+    invert, k = meta.get("invert"), meta.get("k")
+    unary_bits = meta.get("unary_bits") if coding == "rice" else 0
     if not isinstance(invert, bool) or not isinstance(k, int) or not 0 <= k < 63 or not (
         isinstance(unary_bits, int) and unary_bits >= 0):
-      raise CorruptError(f"bad Rice parameters {meta!r}")
+      raise CorruptError(f"bad {coding} parameters {meta!r}")
     count = n - kept if invert else kept
+    if coding == "rice":
+      gaps = _gaps.rice_decode(data, count, k, unary_bits)
+    else:
+      gaps = _gaps.rans_decode(data, count, k, n, rans)
     flat = np.zeros(n, bool)
-    flat[_rice_decode(data, count, k, unary_bits, n)] = True
+    flat[_gaps.positions(gaps, n)] = True
     if invert:
       flat = ~flat
   else:

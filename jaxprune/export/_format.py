@@ -1,15 +1,15 @@
 """The export file: one self-checking file, written atomically.
 
-Layout of format version 2 (integers little-endian)::
+Layout of format version 3 (integers little-endian)::
 
     offset 0   8 bytes   magic b"JAXPRUNE"
-    offset 8   uint32    format version (2)
+    offset 8   uint32    format version (3)
     offset 12  uint64    M, the stored manifest's length in bytes
     offset 20  32 bytes  SHA-256 of the M stored manifest bytes
     offset 52  M bytes   the manifest: UTF-8 JSON (below), zlib-compressed
     52 + M     ...       the blobs, concatenated; nothing after the last one
 
-The manifest is ``{"format": "jaxprune.export", "version": 2, "blobs_size": B, "tree": node,
+The manifest is ``{"format": "jaxprune.export", "version": 3, "blobs_size": B, "tree": node,
 "leaves": [entry, ...]}``. ``tree`` is the params' container structure, never joined into
 names, so no two keys can collide: a node is ``{"dict": [[key, node], ...]}`` (``key`` is
 ``["s", str]`` or ``["i", int]``), ``{"list": [node, ...]}``, ``{"tuple": [node, ...]}``,
@@ -22,19 +22,35 @@ for indexed children); a ``target`` given to ``load`` restores their types. A le
 * ``{"kind": "sparse", "dtype", "shape", "mask": blob, "values": blob}``: the kept entries
   in row-major order and the mask;
 * ``{"kind": "quantized", "dtype", "shape", "bits", "mask": blob|null, "values": blob,
-  "scale": blob, "scale_shape", "zero": blob|null}``: int values (of the kept entries where
-  there is a mask, pruned ones being the zero point), 4-bit ones packed two per byte
-  (``jaxprune.quantize.pack_int4``), float32 ``scale`` and int8 ``zero`` of shape
-  ``scale_shape`` (the layout of ``jaxprune.quantize.QuantizedLeaf``).
+  "scale": blob, "scale_shape", "scale_dtype", "scale_storage", "zero": blob|null}``: int
+  values (of the kept entries where there is a mask, pruned ones being the zero point),
+  scales of shape ``scale_shape`` and dtype ``scale_dtype`` (that of
+  ``jaxprune.quantize.QuantizedLeaf.scale``), stored as ``scale_storage``, the narrowest of
+  bfloat16, float16 and ``scale_dtype`` that holds every scale exactly, and int8 ``zero``
+  points shaped like the scales (the layout of ``QuantizedLeaf``).
 
 A blob is ``{"offset", "length", "sha256", ...}`` (offset from the start of the blobs) plus its
-coding: value blobs ``{"codec": "raw"|"zlib"|"zlib1"|"lzma", "shuffle": bool, "raw_length"}``
-(bytes of values wider than one byte are shuffled, byte 0 of every value first; lzma is raw
-LZMA2, preset 6, lc=lp=pb=0), mask blobs ``{"coding": "bitmap", "codec", "kept"}`` (row-major,
-``np.packbits`` order) or ``{"coding": "rice", "kept", "invert", "k", "unary_bits"}``
-(Golomb-Rice code with parameter ``k`` of the gaps between the kept positions, or between the
-pruned ones if ``invert``: first all unary quotients, each ``q`` as ``q`` one bits and a zero,
-packed; then all ``k``-bit remainders, most significant bit first, packed).
+coding:
+
+* value blobs ``{"codec": "raw"|"zlib"|"zlib1"|"lzma"|"rans", "shuffle": bool,
+  "raw_length"}``: the values' bytes, shuffled when they are wider than one byte (byte 0 of
+  every value first, then byte 1, ...), then compressed (lzma is raw LZMA2, preset 6,
+  lc=lp=pb=0). ``"rans"`` adds ``"planes": ["rans"|"raw", ...]``, one per byte plane (one
+  plane when not shuffled): the planes one after the other, each an order-0 rANS stream
+  (layout in ``jaxprune/export/_rans.py``) or its raw bytes. Quantised values are one int8
+  per value, except that for ``bits <= 4`` the blob has ``"packed": true`` (two values per
+  byte, ``jaxprune.quantize.pack_int4``, then coded as above) or ``"packed": false`` (one
+  rANS symbol per value: the int8's byte);
+* mask blobs ``{"coding": "bitmap", "codec", "kept"}`` (row-major, ``np.packbits`` order,
+  compressed by ``codec``), or a coding of the gaps between the kept positions, or between
+  the pruned ones if ``"invert"`` (layouts in ``jaxprune/export/_gaps.py``):
+  ``{"coding": "rice", "kept", "invert", "k", "unary_bits"}`` (Golomb-Rice with parameter
+  ``k``) or ``{"coding": "rans", "kept", "invert", "k"}`` (quotients ``gap >> k`` as rANS
+  symbols with an escape, ``k`` low bits each).
+
+``load`` reads versions 2 and 3. Version 2 is version 3 without the rANS codings and without
+``scale_dtype``/``scale_storage`` (scales are float32) or ``packed`` (4-bit values are always
+packed).
 
 ``load`` checks, before returning anything: the magic, the version, the file size against
 the header and the manifest, the manifest's checksum, every blob's checksum and bounds, and
@@ -56,7 +72,8 @@ import zlib
 from jaxprune.core import sync_dir
 
 MAGIC = b"JAXPRUNE"
-VERSION = 2
+VERSION = 3
+READABLE = (2, 3)  # version 2: no rANS codings, float32 scales, 4-bit values always packed
 FORMAT = "jaxprune.export"
 _HEADER = struct.Struct("<8sIQ32s")
 
@@ -123,9 +140,9 @@ def read(path) -> tuple[dict, memoryview]:
   if version > VERSION:
     raise ExportError(f"{where}: format version {version} is newer than this jaxprune "
                       f"({VERSION}); upgrade jaxprune.")
-  if version != VERSION:
+  if version not in READABLE:
     raise ExportError(f"{where}: format version {version} is not readable by this jaxprune "
-                      f"(it reads version {VERSION}); the file is corrupted.")
+                      f"(it reads versions {READABLE}); the file is corrupted.")
   end = _HEADER.size + size
   if end > len(data):
     raise ExportError(f"{where}: the file is truncated: the header announces a {size}-byte "
@@ -140,8 +157,8 @@ def read(path) -> tuple[dict, memoryview]:
   except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as err:
     raise ExportError(f"{where}: the manifest is not valid JSON ({err}); corrupted.") from None
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get(
-      "version") != VERSION:
-    raise ExportError(f"{where}: the manifest does not describe a {FORMAT} version {VERSION} "
+      "version") != version:
+    raise ExportError(f"{where}: the manifest does not describe a {FORMAT} version {version} "
                       "file; it is corrupted.")
   blobs = data[end:]
   expected = manifest.get("blobs_size")

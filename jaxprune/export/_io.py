@@ -65,14 +65,23 @@ def _encode_tree(node, keys, out: list):
 
 
 class _Blobs:
-  def __init__(self):
-    self.parts, self.size = [], 0
+  """The blobs of a file; their rANS streams are encoded together by :meth:`finish`, which
+  then completes each blob's manifest entry (offset, length, checksum)."""
 
-  def add(self, meta: dict, data: bytes) -> dict:
-    meta = dict(meta, offset=self.size, length=len(data), sha256=_format.sha256(data))
-    self.parts.append(data)
-    self.size += len(data)
+  def __init__(self):
+    self.items, self.size = [], 0
+
+  def add(self, meta: dict, data) -> dict:
+    meta = dict(meta)
+    self.items.append((meta, data))
     return meta
+
+  def finish(self) -> list[bytes]:
+    parts = _codecs.join_all([data for _, data in self.items])
+    for (meta, _), data in zip(self.items, parts):
+      meta.update(offset=self.size, length=len(data), sha256=_format.sha256(data))
+      self.size += len(data)
+    return parts
 
 
 def _array(path: str, x) -> np.ndarray:
@@ -117,23 +126,41 @@ def _entry(path, x, mask, blobs: _Blobs, compression: str) -> dict:
               values=blobs.add(*_codecs.encode_values(v[m], compression)))
 
 
+_SCALE_STORAGE = (np.dtype(jnp.bfloat16), np.dtype(np.float16), np.dtype(np.float32))
+
+
+def _narrowest_exact(scale: np.ndarray) -> np.ndarray:
+  """``scale`` in the narrowest float dtype that holds every value bit-exactly."""
+  for dtype in _SCALE_STORAGE:
+    if dtype.itemsize >= scale.dtype.itemsize:
+      break
+    narrow = scale.astype(dtype)
+    if narrow.astype(scale.dtype).tobytes() == scale.tobytes():
+      return narrow
+  return scale
+
+
 def _quantized_entry(path, q, mask, blobs, compression):
   values = np.asarray(jax.device_get(q.values))
   lo, hi = -(2 ** (q.bits - 1)), 2 ** (q.bits - 1) - 1
   if values.dtype != np.int8 or values.size and (values.min() < lo or values.max() > hi):
     raise ValueError(f"export.save: the quantised leaf at {at_path(path)} must hold int8 values "
                      f"in [{lo}, {hi}] for {q.bits} bits; got {describe(values)}.")
+  scale = np.asarray(jax.device_get(q.scale))
+  if not jnp.issubdtype(scale.dtype, jnp.floating):
+    raise ValueError(f"export.save: the quantised leaf at {at_path(path)} must have floating "
+                     f"scales; got {describe(scale)}.")
   m = None
   if mask is not None:
     m = np.asarray(_host(path, mask, "the mask")).astype(bool)
     values = values[m]
-  packed = np.asarray(_q.pack_int4(values)) if q.bits <= 4 else values.reshape(-1)
-  scale = np.asarray(jax.device_get(q.scale), np.float32)
+  stored = _narrowest_exact(scale)
   entry = {"kind": "quantized", "dtype": np.dtype(q.dtype).name, "shape": list(q.shape),
-           "bits": q.bits, "scale_shape": list(scale.shape),
+           "bits": q.bits, "scale_shape": list(scale.shape), "scale_dtype": scale.dtype.name,
+           "scale_storage": stored.dtype.name,
            "mask": None if m is None else blobs.add(*_codecs.encode_mask(m, compression)),
-           "values": blobs.add(*_codecs.encode_values(packed, compression)),
-           "scale": blobs.add(*_codecs.encode_values(scale, compression)), "zero": None}
+           "values": blobs.add(*_codecs.encode_ints(values, q.bits, compression)),
+           "scale": blobs.add(*_codecs.encode_values(stored, compression)), "zero": None}
   if q.zero is not None:
     zero = np.asarray(jax.device_get(q.zero), np.int8)
     entry["zero"] = blobs.add(*_codecs.encode_values(zero, compression))
@@ -142,23 +169,26 @@ def _quantized_entry(path, q, mask, blobs, compression):
 
 def save(path, params, masks=None, *, bits: int | None = None, axis: int | None = -1,
          group_size: int | None = None, group_axis: int = -2, symmetric: bool = True,
-         where=None, compression: str = "best", force: bool = False) -> str:
+         where=None, scale_dtype=jnp.bfloat16, compression: str = "best",
+         force: bool = False) -> str:
   """Saves ``params`` pruned by ``masks`` in one compact, checksummed file (host-side).
 
   Masked leaves store their kept entries (row-major) and the mask in the smallest of a bitmap
-  (raw, zlib or lzma) and a Golomb-Rice code of the gaps between kept (or pruned) positions,
-  chosen per leaf; value bytes are shuffled and compressed when that is smaller. With
-  ``bits=8`` or ``4`` the leaves selected by ``where`` are first quantised with
-  :func:`jaxprune.quantize.quantize` (same options, scales from kept weights only) and their
-  int values stored, 4-bit ones two per byte; leaves that are already
-  :class:`jaxprune.quantize.QuantizedLeaf` are stored as they are. Pruned entries are dropped
-  whatever their value (they load as 0, or as the zero point in the quantised form).
+  (raw, zlib or lzma) and a Golomb-Rice or rANS code of the gaps between kept (or pruned)
+  positions, chosen per leaf; value bytes are shuffled and compressed (zlib, lzma, or an
+  order-0 rANS code per byte plane) when that is smaller. With ``bits=8`` or ``4`` the leaves
+  selected by ``where`` are first quantised with :func:`jaxprune.quantize.quantize` (same
+  options, scales from kept weights only, rounded up to bfloat16 by default) and their int
+  values stored (4-bit ones two per byte or rANS-coded); leaves that are already
+  :class:`jaxprune.quantize.QuantizedLeaf` are stored as they are, bit-exactly (their scales
+  in the narrowest float dtype that holds them exactly). Pruned entries are dropped whatever
+  their value (they load as 0, or as the zero point in the quantised form).
 
   The file is written to a temporary file, fsynced and renamed over ``path`` (never a partial
   file). In a multi-process job (``jax.distributed``) every process calls ``save`` with the
   same arguments: arrays sharded across processes are gathered to every host, process 0 writes
   the file, and an error on any process is raised on every process (none waits forever). Its
-  layout (version 2, documented in ``jaxprune/export/_format.py``) keeps the
+  layout (version 3, documented in ``jaxprune/export/_format.py``) keeps the
   container structure, so keys never collide (``{"a.b": x, "a": {"b": y}}`` round-trips).
 
   Args:
@@ -170,8 +200,11 @@ def save(path, params, masks=None, *, bits: int | None = None, axis: int | None 
     bits: ``None`` (store floats exactly), 8 or 4 (or 2..8).
     axis, group_size, group_axis, symmetric, where: quantisation options (see
       :func:`jaxprune.quantize.quantize`), used when ``bits`` is given.
-    compression: ``"best"`` (try zlib and lzma, keep the smallest), ``"fast"`` (zlib level 1)
-      or ``"none"`` (raw bytes, bitmap masks).
+    scale_dtype: the dtype of the scales when ``bits`` is given: ``jnp.bfloat16`` (default:
+      each scale rounded up to a bfloat16, stored in 2 bytes) or ``jnp.float32`` (the scales
+      of ``quantize``'s default).
+    compression: ``"best"`` (try zlib, lzma and rANS, keep the smallest), ``"fast"`` (zlib
+      level 1 and rANS) or ``"none"`` (raw bytes, bitmap masks).
     force: replace an existing file.
 
   Returns:
@@ -187,7 +220,8 @@ def save(path, params, masks=None, *, bits: int | None = None, axis: int | None 
   ([0.0, 1.0, 2.0, 0.0], [False, True, True, False])
   """
   options = dict(bits=bits, axis=axis, group_size=group_size, group_axis=group_axis,
-                 symmetric=symmetric, where=where, compression=compression, force=force)
+                 symmetric=symmetric, where=where, scale_dtype=scale_dtype,
+                 compression=compression, force=force)
   params, masks = unwrap_variables(params), unwrap_variables(masks)  # nnx Param / OptVariable
   if processes.count() == 1:
     return _write(path, params, masks, **options)
@@ -207,7 +241,7 @@ def save(path, params, masks=None, *, bits: int | None = None, axis: int | None 
 
 
 def _write(path, params, masks, *, bits, axis, group_size, group_axis, symmetric, where,
-           compression, force) -> str:
+           scale_dtype, compression, force) -> str:
   """:func:`save` on one process."""
   if compression not in _codecs.COMPRESSIONS:
     raise ValueError(f"export.save: compression must be one of {_codecs.COMPRESSIONS}; got "
@@ -227,7 +261,8 @@ def _write(path, params, masks, *, bits, axis, group_size, group_axis, symmetric
   stored = params
   if bits is not None:
     stored = _q.quantize(params, bits, axis=axis, group_size=group_size, group_axis=group_axis,
-                         symmetric=symmetric, masks=masks, where=where)
+                         symmetric=symmetric, masks=masks, where=where,
+                         scale_dtype=scale_dtype)
   found = []
   tree = _encode_tree(stored, (), found)
   stored_leaves = treedef.flatten_up_to(stored)
@@ -243,7 +278,8 @@ def _write(path, params, masks, *, bits, axis, group_size, group_axis, symmetric
                          f"there is {describe(like)}; a mask must be a bool array of the "
                          "leaf's shape (or None).")
     entries.append(_entry(p, x, m, blobs, compression))
+  parts = blobs.finish()
   manifest = {"format": _format.FORMAT, "version": _format.VERSION, "blobs_size": blobs.size,
               "tree": tree, "leaves": entries}
-  return _format.write(path, manifest, blobs.parts, force=force)
+  return _format.write(path, manifest, parts, force=force)
 

@@ -14,6 +14,7 @@ from jaxprune.export import _codecs, _format
 from jaxprune.export._codecs import CorruptError
 from jaxprune.export._format import ExportError
 from jaxprune.export._io import key_code
+from jaxprune.export._streams import Streams as _Streams
 
 _tree = jax.tree_util
 
@@ -62,9 +63,18 @@ def _path(keys) -> str:
 
 def _dtype(name, where):
   try:
+    if not isinstance(name, str):  # jnp.dtype(None) is the default float dtype
+      raise TypeError(name)
     dtype = np.dtype(jnp.dtype(name))
   except (TypeError, ValueError):
     raise ExportError(f"{where}: unknown dtype {name!r} in the manifest; corrupted.") from None
+  return dtype
+
+
+def _float_dtype(name, where):
+  dtype = _dtype(name, where)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ExportError(f"{where}: scale dtype {name!r} is not a float dtype; corrupted.")
   return dtype
 
 
@@ -80,12 +90,13 @@ def _jax_can_hold(dtype) -> bool:
   return jax.dtypes.canonicalize_dtype(dtype) == dtype
 
 
-def _decode(entry, blobs, where, verify):
+def _decode(entry, blobs, where, version, streams: _Streams):
   """``(array or QuantizedLeaf or scalar, mask or None)`` of one manifest entry (numpy)."""
   if not isinstance(entry, dict):
     raise ExportError(f"{where}: the manifest entry is {entry!r}; corrupted.")
   kind = entry.get("kind")
-  get = lambda name: _format.blob(blobs, entry.get(name), f"{where} ({name})", verify=verify)
+  get = lambda name: _format.blob(blobs, entry.get(name), f"{where} ({name})", verify=False)
+  rans = lambda name: streams.decoder(entry.get(name))
   if kind == "scalar":
     kinds = {"float": float.fromhex, "int": int, "bool": lambda v: v == "True"}
     if entry.get("type") not in kinds or not isinstance(entry.get("value"), str):
@@ -96,19 +107,21 @@ def _decode(entry, blobs, where, verify):
   dtype, shape = _dtype(entry.get("dtype"), where), _shape(entry.get("shape"), where)
   n = math.prod(shape)
   if kind == "dense":
-    return _codecs.decode_values(entry["data"], get("data"), dtype, n).reshape(shape), None
+    return _codecs.decode_values(entry["data"], get("data"), dtype, n,
+                                 rans("data")).reshape(shape), None
   mask = None
   if kind == "sparse" or entry.get("mask") is not None:
-    mask = _codecs.decode_mask(entry["mask"], get("mask"), n)
+    mask = _codecs.decode_mask(entry["mask"], get("mask"), n, rans("mask"))
   if kind == "sparse":
     assert mask is not None
     dense = np.zeros(n, dtype)
-    dense[mask] = _codecs.decode_values(entry["values"], get("values"), dtype, int(mask.sum()))
+    dense[mask] = _codecs.decode_values(entry["values"], get("values"), dtype, int(mask.sum()),
+                                        rans("values"))
     return dense.reshape(shape), mask.reshape(shape)
-  return _quantized(entry, get, dtype, shape, mask, where)
+  return _quantized(entry, get, rans, dtype, shape, mask, where, version)
 
 
-def _quantized(entry, get, dtype, shape, mask, where):
+def _quantized(entry, get, rans, dtype, shape, mask, where, version):
   bits = entry.get("bits")
   if not isinstance(bits, int) or not 2 <= bits <= 8:
     raise ExportError(f"{where}: bad bit width {bits!r} in the manifest; corrupted.")
@@ -116,19 +129,19 @@ def _quantized(entry, get, dtype, shape, mask, where):
   if len(grid) != len(shape) or any(g == 0 and s or g and s % g for g, s in zip(grid, shape)):
     raise ExportError(f"{where}: scale shape {grid} does not tile the shape {shape}; corrupted.")
   count = math.prod(shape) if mask is None else int(mask.sum())
-  if bits <= 4:
-    packed = _codecs.decode_values(entry["values"], get("values"), np.uint8, -(-count // 2))
-    kept = np.asarray(_q.unpack_int4(packed, count))
-  else:
-    kept = _codecs.decode_values(entry["values"], get("values"), np.int8, count)
-    if kept.size and (kept.min() < -(2 ** (bits - 1)) or kept.max() > 2 ** (bits - 1) - 1):
-      raise ExportError(f"{where}: quantised values out of range for {bits} bits; corrupted.")
-  scale = _codecs.decode_values(entry["scale"], get("scale"), np.float32,
-                                math.prod(grid)).reshape(grid)
+  kept = _codecs.decode_ints(entry["values"], get("values"), bits, count,
+                             packed_default=True if version == 2 else None, rans=rans("values"))
+  if kept.size and (kept.min() < -(2 ** (bits - 1)) or kept.max() > 2 ** (bits - 1) - 1):
+    raise ExportError(f"{where}: quantised values out of range for {bits} bits; corrupted.")
+  v2 = "float32" if version == 2 else None  # version 2 stored float32 scales only
+  scale_dtype = _float_dtype(entry.get("scale_dtype", v2), where)
+  storage = _float_dtype(entry.get("scale_storage", v2), where)
+  scale = _codecs.decode_values(entry["scale"], get("scale"), storage, math.prod(grid),
+                                rans("scale")).reshape(grid).astype(scale_dtype)
   zero = None
   if entry.get("zero") is not None:
-    zero = _codecs.decode_values(entry["zero"], get("zero"), np.int8,
-                                 math.prod(grid)).reshape(grid)
+    zero = _codecs.decode_values(entry["zero"], get("zero"), np.int8, math.prod(grid),
+                                 rans("zero")).reshape(grid)
   if mask is None:
     values = kept.reshape(shape)
   else:
@@ -204,11 +217,16 @@ def load(path, target=None, *, quantized: bool = False, verify: bool = True):
   if not isinstance(entries, list) or sorted(found.values()) != list(range(len(entries))):
     raise ExportError(f"{where}: the manifest's tree and leaf list do not match; corrupted.")
   _check_blob_layout(entries, len(blobs), where)
+  if verify:  # every checksum before any decoding: a damaged file fails fast
+    for keys, i in found.items():
+      _verify_blobs(entries[i], blobs, f"{where} at {at_path(_path(keys))}")
+
+  streams = _Streams.prefetch(entries, blobs, manifest["version"])
 
   def decode(keys):
     at = f"{where} at {at_path(_path(keys))}"
     try:
-      return _decode(entries[found[keys]], blobs, at, verify)
+      return _decode(entries[found[keys]], blobs, at, manifest["version"], streams)
     except CorruptError as err:
       raise ExportError(f"{at}: {err}; the file is corrupted.") from None
     except (KeyError, TypeError, IndexError, AttributeError) as err:
@@ -232,12 +250,21 @@ def load(path, target=None, *, quantized: bool = False, verify: bool = True):
   return _load_into(target, found, decode, quantized, where)
 
 
+_BLOBS = ("data", "mask", "values", "scale", "zero")
+
+
+def _verify_blobs(entry, blobs, where):
+  for name in _BLOBS:
+    if isinstance(entry, dict) and entry.get(name) is not None:
+      _format.blob(blobs, entry[name], f"{where} ({name})", verify=True)
+
+
 def _check_blob_layout(entries, size, where):
   """Blobs must tile the data section exactly: no gap, no overlap, nothing left over."""
   spans = []
   for e in entries:
     if isinstance(e, dict):
-      for name in ("data", "mask", "values", "scale", "zero"):
+      for name in _BLOBS:
         b = e.get(name)
         if isinstance(b, dict) and isinstance(b.get("offset"), int) and isinstance(
             b.get("length"), int):
@@ -287,14 +314,22 @@ def _load_into(target, found, decode, quantized, where):
 
 
 def inspect(path) -> list[dict]:
-  """Per stored leaf: path, kind, shape, dtype, bits, mask coding, bytes (and mask bytes).
+  """Per stored leaf: path, kind, shape, dtype, bits, codings and bytes on disk.
+
+  Each row has ``path``, ``kind`` (``"dense"``, ``"sparse"``, ``"quantized"``, ``"scalar"``),
+  ``shape``, ``dtype``, ``bits``, ``mask_coding`` (``"bitmap"``, ``"rice"``, ``"rans"`` or
+  ``None``), ``values_codec`` (``"raw"``, ``"zlib"``, ``"zlib1"``, ``"lzma"``, ``"rans"``),
+  ``bytes`` (all blobs of the leaf), ``mask_bytes``, ``value_bytes`` and ``scale_bytes``
+  (scales and zero points).
 
   >>> import tempfile, numpy as np
   >>> from jaxprune.export import save
   >>> f = save(tempfile.mkdtemp() + "/m", {"w": np.ones((64, 64), np.float32)},
   ...          {"w": np.eye(64, dtype=bool)}, bits=8)
-  >>> [(r["path"], r["kind"], r["bits"], r["mask_coding"]) for r in inspect(f)]  # zlib bitmap
-  [('w', 'quantized', 8, 'bitmap')]
+  >>> [(r["path"], r["kind"], r["bits"], r["mask_coding"]) for r in inspect(f)]
+  [('w', 'quantized', 8, 'rans')]
+  >>> inspect(f)[0]["mask_bytes"] < 20  # 64 equal gaps: one rANS symbol, 18 bytes
+  True
   """
   manifest, _ = _format.read(path)
   found: dict = {}
@@ -302,11 +337,13 @@ def inspect(path) -> list[dict]:
   rows = []
   for keys, i in sorted(found.items(), key=lambda kv: kv[1]):
     e = manifest["leaves"][i]
-    blobs = [e[n] for n in ("data", "mask", "values", "scale", "zero") if e.get(n)]
+    length = lambda *names: sum((e.get(n) or {}).get("length", 0) for n in names)
+    values = e.get("values") or e.get("data") or {}
     rows.append({"path": _path(keys), "kind": e["kind"], "shape": e.get("shape"),
                  "dtype": e.get("dtype"), "bits": e.get("bits"),
                  "mask_coding": (e.get("mask") or {}).get("coding"),
-                 "bytes": sum(b["length"] for b in blobs),
-                 "mask_bytes": (e.get("mask") or {}).get("length", 0)})
+                 "values_codec": values.get("codec"),
+                 "bytes": length("data", "mask", "values", "scale", "zero"),
+                 "mask_bytes": length("mask"), "value_bytes": length("data", "values"),
+                 "scale_bytes": length("scale", "zero")})
   return rows
-

@@ -5,8 +5,9 @@
 per channel, per group or per tensor, computed from the kept weights only; :func:`dequantize`
 returns floats in which every pruned entry is exactly 0. :func:`fake_quantize` is the
 straight-through form for quantisation-aware fine-tuning. ``jaxprune.export.save(...,
-bits=8)`` writes the quantised form to disk (4-bit values packed two per byte with
-:func:`pack_int4`).
+bits=8)`` writes the quantised form to disk; it quantises with ``scale_dtype=jnp.bfloat16``
+(each scale rounded up to a bfloat16, stored in 2 bytes), which :func:`quantize` and
+:func:`fake_quantize` also take, so that QAT sees exactly the rounding of the export.
 
 >>> import jax, jax.numpy as jnp, jaxprune
 >>> w = jax.random.normal(jax.random.key(0), (256, 8))

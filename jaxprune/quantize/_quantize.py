@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import DTypeLike
 
 from jaxprune import filters
 from jaxprune.core import as_mask_leaf, at_path, describe, flatten_with_paths, is_array, leaves_like
@@ -28,7 +29,8 @@ class QuantizedLeaf:
   Attributes:
     values: ``int8`` array of the param's shape, in ``[-2**(bits-1), 2**(bits-1) - 1]``
       (4-bit values are kept one per byte in memory; ``jaxprune.export`` packs two per byte).
-    scale: ``float32`` array of the tile grid's shape (e.g. ``(1, out)`` per channel).
+    scale: ``float32`` array of the tile grid's shape (e.g. ``(1, out)`` per channel), or
+      ``bfloat16`` (``quantize(..., scale_dtype=jnp.bfloat16)``).
     zero: ``int8`` zero points shaped like ``scale`` (asymmetric), or ``None`` (symmetric).
     bits: 2 to 8.
     dtype: the param's dtype, which :func:`dequantize` returns.
@@ -79,6 +81,22 @@ def _check_int(name, v, *, allow_none=False):
     raise TypeError(f"quantize: {name} must be a Python int{' or None' if allow_none else ''}; "
                     f"got {v!r}.")
   return int(v)
+
+
+SCALE_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16))
+
+
+def check_scale_dtype(scale_dtype, fn: str = "quantize"):
+  """``scale_dtype`` as a numpy dtype, float32 or bfloat16."""
+  error = TypeError(f"{fn}: scale_dtype must be jnp.float32 or jnp.bfloat16; got "
+                    f"{scale_dtype!r}.")
+  try:
+    dtype = np.dtype(jnp.dtype(scale_dtype))
+  except (TypeError, ValueError):
+    raise error from None
+  if dtype not in SCALE_DTYPES:
+    raise error
+  return dtype
 
 
 def check_options(bits, axis, group_size, group_axis, symmetric) -> None:
@@ -149,13 +167,24 @@ def _tile_axes(nd):
   return tuple(range(1, 2 * nd, 2))
 
 
-def quantize_leaf(x, bits: int, tile, symmetric: bool, mask=None) -> QuantizedLeaf:
+def quantize_leaf(x, bits: int, tile, symmetric: bool, mask=None,
+                  scale_dtype: DTypeLike = np.float32) -> QuantizedLeaf:
   """Quantises one array with one scale per ``tile`` (jit-able; see :func:`quantize`)."""
-  return _quantize_leaf(x, mask, bits=bits, tile=tuple(tile), symmetric=symmetric)
+  return _quantize_leaf(x, mask, bits=bits, tile=tuple(tile), symmetric=symmetric,
+                        scale_dtype=np.dtype(scale_dtype))
 
 
-@jax.jit(static_argnames=("bits", "tile", "symmetric"))
-def _quantize_leaf(x, mask, *, bits, tile, symmetric):
+def round_up_to(scale, dtype):
+  """The smallest value of ``dtype`` that is >= each float32 ``scale`` (NaN stays NaN)."""
+  if np.dtype(dtype) == np.float32:
+    return scale
+  narrow = scale.astype(dtype)
+  up = jnp.nextafter(narrow, jnp.asarray(jnp.inf, dtype))
+  return jnp.where(narrow.astype(jnp.float32) < scale, up, narrow)
+
+
+@jax.jit(static_argnames=("bits", "tile", "symmetric", "scale_dtype"))
+def _quantize_leaf(x, mask, *, bits, tile, symmetric, scale_dtype):
   dtype = np.dtype(x.dtype)
   xf = jnp.asarray(x).astype(jnp.float32)
   if mask is not None:
@@ -169,18 +198,21 @@ def _quantize_leaf(x, mask, *, bits, tile, symmetric):
   # initial=0: empty leaves work, and the range always holds 0 so that 0 is exact
   if symmetric:
     amax = jnp.max(jnp.abs(xt), axis=red, keepdims=True, initial=0.0)
-    scale = jnp.where(amax > 0, amax * np.float32(1 / qmax), one)  # as XLA does x / c
+    stored = round_up_to(jnp.where(amax > 0, amax * np.float32(1 / qmax), one), scale_dtype)
+    scale = stored.astype(jnp.float32)  # (amax * c: as XLA does amax / qmax)
     q = jnp.clip(jnp.round(xt / scale), -qmax, qmax)
     zero = None
   else:
     lo = jnp.min(xt, axis=red, keepdims=True, initial=0.0)
     hi = jnp.max(xt, axis=red, keepdims=True, initial=0.0)
-    scale = jnp.where(hi > lo, (hi - lo) * np.float32(1 / (2 ** bits - 1)), one)
+    stored = round_up_to(jnp.where(hi > lo, (hi - lo) * np.float32(1 / (2 ** bits - 1)), one),
+                         scale_dtype)
+    scale = stored.astype(jnp.float32)
     zero = jnp.clip(qmin - jnp.round(lo / scale), qmin, qmax)
     q = jnp.clip(jnp.round(xt / scale) + zero, qmin, qmax)
   grid = tuple(s // t if t else 0 for s, t in zip(xf.shape, tile))
   values = q.reshape(xf.shape).astype(jnp.int8)
-  return QuantizedLeaf(values=values, scale=scale.reshape(grid),
+  return QuantizedLeaf(values=values, scale=stored.reshape(grid),
                        zero=None if zero is None else zero.reshape(grid).astype(jnp.int8),
                        bits=bits, dtype=dtype)
 
@@ -229,8 +261,9 @@ def _selection(params, where, masks, fn: str):
 
 
 def quantize(params, bits: int = 8, *, axis: int | None = -1, group_size: int | None = None,
-             group_axis: int = -2, symmetric: bool = True, masks=None, where=None):
-  """Quantises the selected leaves of ``params`` to ``bits``-bit integers plus float32 scales.
+             group_axis: int = -2, symmetric: bool = True, masks=None, where=None,
+             scale_dtype=jnp.float32):
+  """Quantises the selected leaves of ``params`` to ``bits``-bit integers plus scales.
 
   Each selected leaf becomes a :class:`QuantizedLeaf` with one scale per tile:
 
@@ -251,7 +284,10 @@ def quantize(params, bits: int = 8, *, axis: int | None = -1, group_size: int | 
   :func:`dequantize` returns exactly 0 for them. Rounding is round-to-nearest, ties to even
   (``jnp.round``, as numpy and IEEE-754 default), computed in float32 for every param dtype;
   every kept weight is then within half a step (``scale / 2``) of its dequantised value.
-  A tile of only zeros gets scale 1.
+  A tile of only zeros gets scale 1. With ``scale_dtype=jnp.bfloat16`` each scale is first
+  rounded **up** to the nearest bfloat16 (so no kept weight clips and the half-step bound
+  holds for the stored scale), the values are computed with that scale and the scales are
+  bfloat16 arrays: half the bytes, as ``jaxprune.export.save(..., bits=...)`` stores them.
 
   Pure and jit-able (options are static); leaves not selected are returned unchanged (masked
   ones with their pruned entries set to 0); leaves that are already :class:`QuantizedLeaf` are
@@ -267,6 +303,8 @@ def quantize(params, bits: int = 8, *, axis: int | None = -1, group_size: int | 
     masks: optional pytree like params: bool (True = kept) or ``None`` per leaf.
     where: which leaves to quantise (``jaxprune.filters``); default: floating leaves with
       ``ndim >= 2``. Leaves with ``ndim < 2`` selected explicitly get one scale (per group).
+    scale_dtype: ``jnp.float32`` (default) or ``jnp.bfloat16``: the dtype of the scales,
+      each exactly the scale the values were computed with.
 
   Returns:
     A pytree like ``params`` with :class:`QuantizedLeaf` at the quantised leaves.
@@ -278,14 +316,18 @@ def quantize(params, bits: int = 8, *, axis: int | None = -1, group_size: int | 
   ([[64, -127], [127, 16], [0, 64]], [[1.0, 2.0]])
   >>> dequantize(q)[2, 0].item()  # the pruned entry
   0.0
+  >>> q16 = quantize({"w": w}, 8, masks={"w": w != 0.3}, scale_dtype=jnp.bfloat16)["w"]
+  >>> q16.scale.dtype, bool((q16.scale.astype(jnp.float32) >= q.scale).all())  # rounded up
+  (dtype(bfloat16), True)
   """
   check_options(bits, axis, group_size, group_axis, symmetric)
+  scale_dtype = check_scale_dtype(scale_dtype)
   rows, treedef = _selection(params, where, masks, "quantize")
   out = []
   for p, x, m, chosen in rows:
     if chosen:
       out.append(quantize_leaf(x, bits, tile_of(p, x.shape, axis, group_size, group_axis),
-                               symmetric, m))
+                               symmetric, m, scale_dtype))
     elif m is not None:
       out.append(jnp.where(m, x, jnp.zeros((), x.dtype)))
     else:
@@ -320,4 +362,4 @@ def quantized_nbytes(q: QuantizedLeaf) -> int:
   n = math.prod(q.shape)
   per = 2 if q.bits <= 4 else 1
   extra = 0 if q.zero is None else q.zero.size
-  return -(-n // per) + 4 * q.scale.size + extra
+  return -(-n // per) + np.dtype(q.scale.dtype).itemsize * q.scale.size + extra

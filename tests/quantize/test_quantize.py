@@ -15,8 +15,15 @@ import jaxprune
 from jaxprune import quantize as qz
 
 
-def reference(w, mask, bits, tile, symmetric):
-  """Quantises tile by tile with plain loops: (values, scale, zero or None), float32 math."""
+def bf16_up(s):
+  """The smallest bfloat16 >= a positive finite float32, from its bit pattern."""
+  bits = int(np.array(s, np.float32).view(np.uint32))
+  return np.array((bits + 0xFFFF) & 0xFFFF0000, np.uint32).view(np.float32)[()]
+
+
+def reference(w, mask, bits, tile, symmetric, round_scale=lambda s: s):
+  """Quantises tile by tile with plain loops: (values, scale, zero or None), float32 math;
+  ``round_scale`` maps each float32 scale to the one used (and returned)."""
   w = np.asarray(w, np.float32)
   mask = np.ones(w.shape, bool) if mask is None else np.asarray(mask)
   grid = tuple(s // t for s, t in zip(w.shape, tile))
@@ -30,13 +37,13 @@ def reference(w, mask, bits, tile, symmetric):
     kept = block[keep]
     if symmetric:
       amax = np.float32(np.abs(kept).max()) if kept.size else np.float32(0)
-      s = amax * np.float32(1 / qmax) if amax > 0 else np.float32(1)
+      s = round_scale(amax * np.float32(1 / qmax) if amax > 0 else np.float32(1))
       q = np.clip(np.round(block / s), -qmax, qmax)
       z = 0
     else:
       lo = np.float32(min(kept.min(), 0)) if kept.size else np.float32(0)
       hi = np.float32(max(kept.max(), 0)) if kept.size else np.float32(0)
-      s = (hi - lo) * np.float32(1 / (2 ** bits - 1)) if hi > lo else np.float32(1)
+      s = round_scale((hi - lo) * np.float32(1 / (2 ** bits - 1)) if hi > lo else np.float32(1))
       z = np.clip(qmin - np.round(lo / s), qmin, qmax)
       q = np.clip(np.round(block / s) + z, qmin, qmax)
     q = np.where(keep, q, z)
@@ -84,6 +91,35 @@ def test_matches_reference_and_half_step(shape, axis, group, gaxis, tile, bits, 
   step = np.kron(scale, np.ones(tile, np.float32))
   err = np.abs(back - w)[mask]
   assert (err <= 0.5 * step[mask] * (1 + 1e-6)).all(), err.max()
+
+
+@pytest.mark.parametrize("shape,axis,group,gaxis,tile", [CASES[0], CASES[3], CASES[5]])
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (4, True), (8, False), (4, False)])
+def test_bfloat16_scales_round_up_and_keep_the_half_step(shape, axis, group, gaxis, tile, bits,
+                                                         symmetric):
+  rng = np.random.default_rng(sum(shape) + bits + 1)
+  w = (rng.standard_normal(shape) * 3).astype(np.float32)
+  w.reshape(-1)[0] = -50.0  # a pruned outlier
+  mask = rng.random(shape) < 0.3
+  mask.reshape(-1)[0] = False
+  q = qz.quantize({"w": w}, bits, axis=axis, group_size=group, group_axis=gaxis,
+                  symmetric=symmetric, masks={"w": mask}, scale_dtype=jnp.bfloat16)["w"]
+  values, scale, zero = reference(w, mask, bits, tile, symmetric, round_scale=bf16_up)
+  _, f32_scale, _ = reference(w, mask, bits, tile, symmetric)
+  assert q.scale.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(q.scale, np.float32), scale)
+  assert (scale >= f32_scale).all() and (scale <= f32_scale * (1 + 2.0 ** -7)).all()
+  np.testing.assert_array_equal(np.asarray(q.values), values)
+  if not symmetric:
+    np.testing.assert_array_equal(np.asarray(q.zero), zero)
+  back = np.asarray(qz.dequantize(q))
+  assert (back[~mask] == 0).all() and not np.signbit(back[~mask]).any()  # exactly +0
+  step = np.kron(scale, np.ones(tile, np.float32))
+  err = np.abs(back - w)[mask]
+  assert (err <= 0.5 * step[mask] * (1 + 1e-6)).all(), err.max()
+  fake = qz.fake_quantize({"w": w}, bits, axis=axis, group_size=group, group_axis=gaxis,
+                          symmetric=symmetric, masks={"w": mask}, scale_dtype=jnp.bfloat16)
+  np.testing.assert_array_equal(np.asarray(fake["w"]), back)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -156,6 +192,9 @@ def test_option_errors():
     qz.quantize(w, 8, masks={"layer": {"kernel": jnp.ones((4, 100), bool)}})
   with pytest.raises(TypeError, match="symmetric"):
     qz.quantize(w, 8, symmetric="yes")
+  for bad in (jnp.float16, "int8", None):
+    with pytest.raises(TypeError, match="scale_dtype must be jnp.float32 or jnp.bfloat16"):
+      qz.quantize(w, 8, scale_dtype=bad)
 
 
 @settings(max_examples=30, deadline=None)
