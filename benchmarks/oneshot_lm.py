@@ -2,18 +2,21 @@
 
     python benchmarks/oneshot_lm.py table --checkpoint lm_checkpoint    # needs train_lm.py
     python benchmarks/oneshot_lm.py cost --method sparsegpt --sequences 64
-    python benchmarks/oneshot_lm.py cost --method wanda --sequences 4 8  # fit & extrapolate
+    python benchmarks/oneshot_lm.py cost --method wanda                  # 64 x 256 tokens
+    python benchmarks/oneshot_lm.py cost --method wanda --sequences 8 16  # fit & extrapolate
 
 ``table``: validation perplexity (held-out stdlib files) of the dense model and at 50/60/70%
 unstructured and 2:4 for magnitude, Wanda, SparseGPT and Wanda/SparseGPT with OWL, with the
 time each takes (see ``examples/prune_lm.py``).
 
-``cost``: a GPT-2-small-shaped model (12 blocks, width 768, MLP 3072, 50257-token vocabulary,
-124M parameters, random weights) pruned to 50% with ``--sequences`` calibration sequences of
-256 tokens, in batches of 8; each run is a fresh process so that its peak memory (max RSS) is
-its own. Given several sizes, the time is fitted as ``fixed + per_sequence · sequences`` and
-extrapolated to 64 sequences (the token-proportional work, forward passes and ``XᵀX``, is
-linear in the sequences; the per-layer solves are not).
+``cost``: a GPT-2-small-shaped model (12 blocks of width 768 with 3072-wide MLPs, a
+50257-token vocabulary; the blocks are GPT-2 small's 85M parameters, the untied byte head of
+``examples/lm.py`` makes 162.5M in all; random weights) whose 72 block kernels are pruned to
+50% with ``--sequences`` calibration sequences of 256 tokens (64 by default), in batches of 8;
+each run is a fresh process so that its peak memory (max RSS) is its own. Given several sizes,
+the time is also fitted as ``fixed + per_sequence · sequences`` and extrapolated to 64
+sequences (the token-proportional work, forward passes and ``XᵀX``, is linear in the
+sequences; the per-layer solves are not).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ def runs(sparsities, nm=True):
   """``(label, kwargs)`` for every method at every sparsity (OWL for unstructured only)."""
   out = []
   for s in sparsities:
+    out.append((f"magnitude/layer {s:.0%}", dict(method="magnitude", sparsity=s, per="layer")))
     for method in ("magnitude", "wanda", "sparsegpt"):
       out.append((f"{method} {s:.0%}", dict(method=method, sparsity=s)))
     for method in ("wanda", "sparsegpt"):
